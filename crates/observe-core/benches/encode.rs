@@ -1,0 +1,56 @@
+//! `/metrics` encoding cost.
+//!
+//! `encode_10k_series`: 10,000 `(route, method, status)` label sets, i.e. 10,000 series of
+//! `http_server_requests_total` plus the duration histogram's bucket series (size histograms
+//! off). `encode_10k_counters`: a registry of exactly 10,000 counter series, for scale.
+use criterion::{criterion_group, criterion_main, Criterion};
+use observe_core::{HttpMetrics, MetricsEncoder};
+
+fn http_metrics_with(label_sets: usize) -> HttpMetrics {
+    let metrics = HttpMetrics::builder("bench")
+        .max_routes(label_sets)
+        .unwrap()
+        .size_histograms(false)
+        .build()
+        .unwrap();
+    for i in 0..label_sets {
+        let route = metrics.route(Some(&format!("/route/{i}/{{id}}")));
+        let mut record = metrics.start("GET", route).unwrap();
+        record.responded(200);
+        record.complete();
+    }
+    metrics
+}
+
+fn encode(c: &mut Criterion) {
+    let metrics = http_metrics_with(10_000);
+    let encoder = MetricsEncoder::new(metrics.registry().clone());
+    c.bench_function("encode_10k_series", |b| {
+        b.iter(|| encoder.encode(None).unwrap().body.len())
+    });
+    c.bench_function("encode_10k_series_gzip", |b| {
+        b.iter(|| encoder.encode(Some("gzip")).unwrap().body.len())
+    });
+
+    let registry = prometheus::Registry::new();
+    let counters = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("bench_counter_total", "bench"),
+        &["id"],
+    )
+    .unwrap();
+    for i in 0..10_000 {
+        counters.with_label_values(&[&i.to_string()]).inc();
+    }
+    registry.register(Box::new(counters)).unwrap();
+    let encoder = MetricsEncoder::new(registry);
+    c.bench_function("encode_10k_counters", |b| {
+        b.iter(|| encoder.encode(None).unwrap().body.len())
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = encode
+}
+criterion_main!(benches);

@@ -1,0 +1,199 @@
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+use prometheus::Registry;
+
+use crate::error::ObserveError;
+use crate::labels::{is_valid_label_name, METHOD, ROUTE, SERVICE, STATUS};
+use crate::metrics::HttpMetrics;
+
+/// Default `http_server_request_duration_seconds` buckets, in seconds (OpenTelemetry HTTP
+/// semantic conventions).
+pub const DEFAULT_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Default body size buckets, in bytes: powers of four from 64 B to 16 MiB.
+pub const DEFAULT_SIZE_BUCKETS: [f64; 10] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+
+/// Default cap on distinct `http_route` values per service; more land in `_overflow`.
+pub const DEFAULT_MAX_ROUTES: usize = 1000;
+
+/// Configuration of one service's metrics. Framework crates hand it out as
+/// `ObserveLayer::builder` / `Observe::builder`; `build` gives whatever they are (`T`).
+///
+/// ```
+/// use observe_core::{HttpMetrics, ObserveBuilder};
+///
+/// let registry = prometheus::Registry::new();
+/// let metrics: HttpMetrics = ObserveBuilder::new("checkout")
+///     .buckets(&[0.01, 0.1, 1.0])?
+///     .const_label("region", "eu-west-1")?
+///     .registry(registry.clone())
+///     .exclude_routes(["/metrics", "/healthz"])
+///     .size_histograms(false)
+///     .build()?;
+/// # Ok::<(), observe_core::ObserveError>(())
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct ObserveBuilder<T = HttpMetrics> {
+    pub(crate) service: String,
+    pub(crate) duration_buckets: Vec<f64>,
+    pub(crate) size_buckets: Vec<f64>,
+    pub(crate) const_labels: BTreeMap<String, String>,
+    pub(crate) registry: Option<Registry>,
+    pub(crate) excluded_routes: Vec<String>,
+    pub(crate) size_histograms: bool,
+    pub(crate) max_routes: usize,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<T: From<HttpMetrics>> ObserveBuilder<T> {
+    /// Starts from the defaults: OpenTelemetry buckets, a fresh registry with process
+    /// metrics, `/metrics` excluded, size histograms on, at most 1000 routes.
+    pub fn new(service: impl Into<String>) -> Self {
+        ObserveBuilder {
+            service: service.into(),
+            duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
+            size_buckets: DEFAULT_SIZE_BUCKETS.to_vec(),
+            const_labels: BTreeMap::new(),
+            registry: None,
+            excluded_routes: vec!["/metrics".to_owned()],
+            size_histograms: true,
+            max_routes: DEFAULT_MAX_ROUTES,
+            output: PhantomData,
+        }
+    }
+
+    /// Upper bounds of the duration histogram, in seconds.
+    pub fn buckets(mut self, seconds: &[f64]) -> Result<Self, ObserveError> {
+        validate_buckets("http_server_request_duration_seconds", seconds)?;
+        self.duration_buckets = seconds.to_vec();
+        Ok(self)
+    }
+
+    /// Upper bounds of both body size histograms, in bytes.
+    pub fn size_buckets(mut self, bytes: &[f64]) -> Result<Self, ObserveError> {
+        validate_buckets("http_server_*_body_size_bytes", bytes)?;
+        self.size_buckets = bytes.to_vec();
+        Ok(self)
+    }
+
+    /// A label with a fixed value on every series of this service (e.g. `region`).
+    pub fn const_label(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, ObserveError> {
+        let name = name.into();
+        let reason = if !is_valid_label_name(&name) {
+            Some("not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, no leading __)")
+        } else if [SERVICE, ROUTE, METHOD, STATUS, "le"].contains(&name.as_str()) {
+            Some("observe sets this label itself")
+        } else if self.const_labels.contains_key(&name) {
+            Some("given twice")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(ObserveError::InvalidLabel { name, reason });
+        }
+        self.const_labels.insert(name, value.into());
+        Ok(self)
+    }
+
+    /// Registers on this registry instead of a fresh one, so metrics the application registers
+    /// there appear on the same `/metrics` (pass `prometheus::default_registry().clone()` to
+    /// serve what the `prometheus` crate's `register_*!` macros create).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Route templates whose requests are not recorded at all. Replaces the default
+    /// (`["/metrics"]`); pass an empty list to record everything.
+    pub fn exclude_routes<I, S>(mut self, routes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.excluded_routes = routes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Turns the request and response body size histograms on (default) or off.
+    pub fn size_histograms(mut self, enabled: bool) -> Self {
+        self.size_histograms = enabled;
+        self
+    }
+
+    /// At most this many distinct route templates get their own `http_route` value; further
+    /// ones are recorded as `_overflow`. Guards a custom route function against unbounded
+    /// series.
+    pub fn max_routes(mut self, max_routes: usize) -> Result<Self, ObserveError> {
+        if max_routes == 0 {
+            return Err(ObserveError::InvalidMaxRoutes(max_routes));
+        }
+        self.max_routes = max_routes;
+        Ok(self)
+    }
+
+    /// Registers the metric families and returns the configured middleware.
+    ///
+    /// Fails when the registry already holds this service's metrics.
+    pub fn build(self) -> Result<T, ObserveError> {
+        HttpMetrics::from_builder(self).map(T::from)
+    }
+}
+
+fn validate_buckets(metric: &'static str, bounds: &[f64]) -> Result<(), ObserveError> {
+    let reason = if bounds.is_empty() {
+        Some("no buckets given".to_owned())
+    } else if let Some(b) = bounds.iter().find(|b| !b.is_finite() || **b <= 0.0) {
+        Some(format!("{b} is not a finite positive number"))
+    } else {
+        bounds
+            .windows(2)
+            .find(|w| w[0] >= w[1])
+            .map(|w| format!("{} is not below {}", w[0], w[1]))
+    };
+    match reason {
+        Some(reason) => Err(ObserveError::InvalidBuckets { metric, reason }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> ObserveBuilder<HttpMetrics> {
+        ObserveBuilder::new("svc")
+    }
+
+    #[test]
+    fn bad_buckets_are_refused_with_a_reason() {
+        for bad in [&[][..], &[0.1, 0.1], &[0.2, 0.1], &[-1.0], &[f64::NAN], &[f64::INFINITY]] {
+            let err = builder().buckets(bad).unwrap_err();
+            assert!(matches!(err, ObserveError::InvalidBuckets { .. }), "{bad:?}");
+        }
+        assert!(builder().buckets(&[0.1, 0.2]).is_ok());
+    }
+
+    #[test]
+    fn const_labels_may_not_shadow_contract_labels_or_be_invalid() {
+        for bad in ["service", "http_route", "le", "1abc", "a-b", "__x"] {
+            assert!(builder().const_label(bad, "x").is_err(), "{bad}");
+        }
+        let b = builder().const_label("region", "eu").unwrap();
+        assert!(b.const_label("region", "us").is_err());
+    }
+
+    #[test]
+    fn zero_max_routes_is_refused() {
+        assert!(builder().max_routes(0).is_err());
+    }
+}

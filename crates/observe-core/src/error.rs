@@ -1,0 +1,35 @@
+use thiserror::Error;
+
+/// Everything that can go wrong while configuring observe or encoding `/metrics`.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ObserveError {
+    /// Histogram buckets must be finite, positive and strictly increasing.
+    #[error("invalid buckets for {metric}: {reason} (give finite, positive, strictly increasing upper bounds, e.g. [0.005, 0.01, 0.025])")]
+    InvalidBuckets {
+        /// Which histogram the buckets were meant for.
+        metric: &'static str,
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// A constant label name is not a valid Prometheus label name or clashes with a contract label.
+    #[error("invalid constant label name {name:?}: {reason}")]
+    InvalidLabel {
+        /// The offending label name.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// `max_routes` must leave room for at least one route.
+    #[error("max_routes must be at least 1, got {0}")]
+    InvalidMaxRoutes(usize),
+    /// The registry refused the metric families, e.g. a second layer with the same service name.
+    #[error("could not register observe's metrics: {0} (each service name may be registered once per registry)")]
+    Registration(#[source] prometheus::Error),
+    /// Encoding the registry into the text format failed.
+    #[error("could not encode metrics: {0}")]
+    Encode(#[source] prometheus::Error),
+    /// Compressing the encoded metrics failed.
+    #[error("could not gzip metrics: {0}")]
+    Compress(#[source] std::io::Error),
+}

@@ -1,0 +1,49 @@
+//! Framework-agnostic core of **observe**.
+//!
+//! This crate owns everything the framework adapters (`observe-tower`, `observe-actix`) share:
+//!
+//! * the metric families of the contract in `docs/metrics.md` ([`HttpMetrics`]),
+//! * the label policy: route templates, `unmatched`, `_OTHER` methods ([`RouteId`], [`MethodLabel`]),
+//! * the per-request guard that records a request exactly once ([`RequestRecord`]),
+//! * `/metrics` encoding with content negotiation ([`MetricsEncoder`]),
+//! * configuration ([`ObserveBuilder`]).
+//!
+//! It has no tower, axum or actix types: adapters translate their framework's request and
+//! response into the few calls of [`RequestRecord`].
+//!
+//! ```
+//! use observe_core::{HttpMetrics, MetricsEncoder};
+//!
+//! let metrics = HttpMetrics::new("checkout");
+//! let route = metrics.route(Some("/users/{id}"));
+//! let mut record = metrics.start("GET", route).expect("route is not excluded");
+//! record.responded(200);
+//! record.add_response_bytes(42);
+//! record.complete();
+//!
+//! let out = MetricsEncoder::new(metrics.registry().clone()).encode(None).unwrap();
+//! let text = String::from_utf8(out.body).unwrap();
+//! assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="checkout"} 1"#));
+//! ```
+
+mod collector;
+mod config;
+mod encode;
+mod error;
+mod histogram;
+mod labels;
+mod metrics;
+mod record;
+mod routes;
+
+pub use config::{ObserveBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_MAX_ROUTES, DEFAULT_SIZE_BUCKETS};
+pub use encode::{EncodedMetrics, MetricsEncoder, TEXT_CONTENT_TYPE};
+pub use error::ObserveError;
+pub use labels::MethodLabel;
+pub use metrics::HttpMetrics;
+pub use record::{ByteTally, RequestRecord, CLIENT_CLOSED_REQUEST, INTERNAL_SERVER_ERROR};
+pub use routes::{RouteId, OVERFLOW_ROUTE, UNMATCHED_ROUTE};
+
+/// The `prometheus` crate this core is built on, re-exported so users register their own
+/// metrics on the same [`prometheus::Registry`] without a version mismatch.
+pub use prometheus;

@@ -1,0 +1,170 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::labels::MethodLabel;
+use crate::metrics::{Observation, SeriesKey, State};
+use crate::routes::RouteId;
+
+/// Status recorded for a client that went away before the response body was complete.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+/// Status recorded for a handler panic or an inner service error.
+pub const INTERNAL_SERVER_ERROR: u16 = 500;
+
+/// The guard that records one request, exactly once.
+///
+/// Created by [`HttpMetrics::start`](crate::HttpMetrics::start). Adapters move it from the
+/// response future into the response body and call [`complete`](Self::complete) when the body
+/// ends. If it is dropped before that, it records what the drop means:
+///
+/// * unwinding from a panic: `500`;
+/// * otherwise (the client went away, the future or body was dropped early): `499`.
+///
+/// Either way `http_server_active_requests` goes back down.
+#[derive(Debug)]
+pub struct RequestRecord {
+    state: Arc<State>,
+    started: Instant,
+    method: MethodLabel,
+    route: RouteId,
+    status: u16,
+    progress: Progress,
+    request_bytes: u64,
+    request_tally: Option<ByteTally>,
+    response_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// No response yet.
+    Waiting,
+    /// A response head with `status` exists; its body is on its way.
+    Responded,
+    /// Recorded; nothing more happens on drop.
+    Recorded,
+}
+
+/// A byte counter a request body wrapper shares with the record (the body is consumed by the
+/// handler, far from the response body where the record ends).
+#[derive(Debug, Clone, Default)]
+pub struct ByteTally(Arc<AtomicU64>);
+
+impl ByteTally {
+    /// Adds `n` transferred bytes.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes counted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl RequestRecord {
+    pub(crate) fn new(state: Arc<State>, method: MethodLabel, route: RouteId) -> Self {
+        RequestRecord {
+            state,
+            started: Instant::now(),
+            method,
+            route,
+            status: 0,
+            progress: Progress::Waiting,
+            request_bytes: 0,
+            request_tally: None,
+            response_bytes: 0,
+        }
+    }
+
+    /// The request's method label.
+    pub fn method(&self) -> MethodLabel {
+        self.method
+    }
+
+    /// Sets the route once the framework knows it (actix matches after middleware runs).
+    /// An excluded route leaves the request unrecorded.
+    pub fn set_route(&mut self, route: RouteId) {
+        self.route = route;
+    }
+
+    /// A response head with this status exists. Until [`complete`](Self::complete), a drop
+    /// still means the client did not get the whole response.
+    pub fn responded(&mut self, status: u16) {
+        if self.progress == Progress::Waiting {
+            self.status = status;
+            self.progress = Progress::Responded;
+        }
+    }
+
+    /// The inner service returned an error instead of a response: recorded as `500` now.
+    pub fn fail(&mut self) {
+        self.status = INTERNAL_SERVER_ERROR;
+        self.progress = Progress::Responded;
+        self.complete();
+    }
+
+    /// Counts response body bytes sent to the client.
+    #[inline]
+    pub fn add_response_bytes(&mut self, n: u64) {
+        self.response_bytes += n;
+    }
+
+    /// Counts request body bytes read by the handler (when the adapter sees them directly).
+    #[inline]
+    pub fn add_request_bytes(&mut self, n: u64) {
+        self.request_bytes += n;
+    }
+
+    /// A counter for a request body wrapper that lives apart from the record.
+    /// Allocates once; adapters call it only for requests that carry a body.
+    pub fn request_tally(&mut self) -> ByteTally {
+        self.request_tally.get_or_insert_with(ByteTally::default).clone()
+    }
+
+    /// The response body ended: records the request with the status given to
+    /// [`responded`](Self::responded). Later calls and the drop do nothing.
+    pub fn complete(&mut self) {
+        if self.progress == Progress::Responded {
+            self.record(self.status);
+        } else if self.progress == Progress::Waiting {
+            // Completing without a response head cannot happen in a correct adapter; count it
+            // as a server error rather than lose the request.
+            self.record(INTERNAL_SERVER_ERROR);
+        }
+    }
+
+    /// Whether the request has been recorded.
+    pub fn is_recorded(&self) -> bool {
+        self.progress == Progress::Recorded
+    }
+
+    fn record(&mut self, status: u16) {
+        self.progress = Progress::Recorded;
+        self.state.active[self.method.index()].fetch_sub(1, Ordering::Relaxed);
+        if self.route.is_excluded() {
+            return;
+        }
+        let request_bytes =
+            self.request_bytes + self.request_tally.as_ref().map_or(0, ByteTally::get);
+        self.state.observe(Observation {
+            key: SeriesKey::new(self.route, self.method, status),
+            started: self.started,
+            request_bytes,
+            response_bytes: self.response_bytes,
+        });
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        if self.progress != Progress::Recorded {
+            let status = if std::thread::panicking() {
+                INTERNAL_SERVER_ERROR
+            } else {
+                CLIENT_CLOSED_REQUEST
+            };
+            self.record(status);
+        }
+    }
+}

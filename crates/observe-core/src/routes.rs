@@ -1,0 +1,122 @@
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// `http_route` value of a request that matched no route template (404 fallback, scanners).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// `http_route` value of templates beyond the configured `max_routes`.
+pub const OVERFLOW_ROUTE: &str = "_overflow";
+
+/// A route template interned by [`HttpMetrics::route`](crate::HttpMetrics::route).
+///
+/// Cheap to copy; resolving a template once per request is a single hash lookup and no
+/// allocation once the template has been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteId(pub(crate) u32);
+
+impl RouteId {
+    /// The request matched no route template.
+    pub const UNMATCHED: RouteId = RouteId(0);
+    /// The template was one too many for `max_routes`.
+    pub const OVERFLOW: RouteId = RouteId(1);
+    /// The template is excluded from recording.
+    pub const EXCLUDED: RouteId = RouteId(u32::MAX);
+
+    /// Whether requests on this route are left unrecorded.
+    pub fn is_excluded(self) -> bool {
+        self == RouteId::EXCLUDED
+    }
+}
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Interns route templates into [`RouteId`]s, at most `max_routes` of them.
+#[derive(Debug)]
+pub(crate) struct RouteTable {
+    ids: RwLock<Map<Arc<str>, RouteId>>,
+    names: RwLock<Vec<Arc<str>>>,
+    max_routes: usize,
+}
+
+impl RouteTable {
+    pub(crate) fn new(excluded: &[String], max_routes: usize) -> Self {
+        let mut ids = Map::default();
+        for route in excluded {
+            ids.insert(Arc::from(route.as_str()), RouteId::EXCLUDED);
+        }
+        RouteTable {
+            ids: RwLock::new(ids),
+            names: RwLock::new(vec![Arc::from(UNMATCHED_ROUTE), Arc::from(OVERFLOW_ROUTE)]),
+            max_routes,
+        }
+    }
+
+    pub(crate) fn resolve(&self, template: Option<&str>) -> RouteId {
+        let Some(template) = template else {
+            return RouteId::UNMATCHED;
+        };
+        if let Some(id) = read(&self.ids).get(template) {
+            return *id;
+        }
+        self.insert(template)
+    }
+
+    #[cold]
+    fn insert(&self, template: &str) -> RouteId {
+        let mut ids = write(&self.ids);
+        if let Some(id) = ids.get(template) {
+            return *id;
+        }
+        let mut names = write(&self.names);
+        let interned = names.len() - 2;
+        if interned >= self.max_routes {
+            // Not remembered: the table stays bounded whatever a custom route function returns.
+            return RouteId::OVERFLOW;
+        }
+        let name: Arc<str> = Arc::from(template);
+        let id = RouteId(names.len() as u32);
+        names.push(name.clone());
+        ids.insert(name, id);
+        id
+    }
+
+    pub(crate) fn names(&self) -> Vec<Arc<str>> {
+        read(&self.names).clone()
+    }
+}
+
+/// Locks never poison observe's state: every critical section leaves it consistent.
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_intern_once_and_missing_ones_are_unmatched() {
+        let table = RouteTable::new(&["/metrics".into()], 10);
+        let a = table.resolve(Some("/users/{id}"));
+        assert_eq!(table.resolve(Some("/users/{id}")), a);
+        assert_ne!(table.resolve(Some("/items/{id}")), a);
+        assert_eq!(table.resolve(None), RouteId::UNMATCHED);
+        assert!(table.resolve(Some("/metrics")).is_excluded());
+        assert_eq!(table.names()[a.0 as usize].as_ref(), "/users/{id}");
+    }
+
+    #[test]
+    fn routes_past_the_limit_share_the_overflow_label() {
+        let table = RouteTable::new(&[], 3);
+        for i in 0..3 {
+            assert!(table.resolve(Some(&format!("/r{i}"))).0 >= 2);
+        }
+        for i in 3..1000 {
+            assert_eq!(table.resolve(Some(&format!("/r{i}"))), RouteId::OVERFLOW);
+        }
+        assert_eq!(table.names().len(), 5);
+    }
+}

@@ -1,0 +1,175 @@
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use observe_core::{ByteTally, RequestRecord};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// Response body of [`Observe`](crate::Observe): counts the bytes sent and finishes the
+    /// record when the body ends.
+    ///
+    /// Dropped before its end (the client disconnected mid-stream), the request is recorded as
+    /// `499`; a body that fails mid-stream, as `500`.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        record: Option<RequestRecord>,
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    pub(crate) fn new(inner: B, mut record: Option<RequestRecord>, bodiless: bool) -> Self {
+        // Hyper never polls a body that is already at its end, nor the body of a HEAD, 204
+        // or 304 response: the response is complete as soon as it exists.
+        if bodiless || inner.is_end_stream() {
+            if let Some(mut record) = record.take() {
+                record.complete();
+            }
+        }
+        ResponseBody { inner, record }
+    }
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(record) = this.record {
+            match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        record.add_response_bytes(data.remaining() as u64);
+                    }
+                    if this.inner.is_end_stream() {
+                        record.complete();
+                    }
+                }
+                Some(Err(_)) => record.fail(),
+                None => record.complete(),
+            }
+            if record.is_recorded() {
+                *this.record = None;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A request body that counts the bytes the handler reads, for
+    /// `http_server_request_body_size_bytes`.
+    pub struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        tally: ByteTally,
+    }
+}
+
+impl<B> RequestBody<B> {
+    /// Wraps `inner`, counting into `record`.
+    pub fn new(inner: B, record: &mut RequestRecord) -> Self {
+        RequestBody {
+            inner,
+            tally: record.request_tally(),
+        }
+    }
+}
+
+impl<B: Body> Body for RequestBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            if let Some(data) = data {
+                this.tally.add(data.remaining() as u64);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body type whose size observe can record without changing its type.
+///
+/// Keeping the type lets the layer sit anywhere a `Service<Request<B>>` is expected (axum's
+/// `Router::layer`, tonic's `Server::layer`) without an extra boxed body per request.
+/// Implement it for your own body type with the default method, which records the body's
+/// exact size hint (its `Content-Length`).
+pub trait CountableBody: Body + Sized {
+    /// Returns the same body, arranged so that its size reaches `record`.
+    fn counted(self, record: &mut RequestRecord) -> Self {
+        record.add_request_bytes(self.size_hint().exact().unwrap_or(0));
+        self
+    }
+}
+
+#[cfg(feature = "axum")]
+impl CountableBody for axum::body::Body {
+    /// Counts the bytes the handler actually reads. A request without a body costs nothing;
+    /// one with a body, one small allocation for the counter and one for axum's boxed body.
+    fn counted(self, record: &mut RequestRecord) -> Self {
+        if self.is_end_stream() {
+            return self;
+        }
+        axum::body::Body::new(RequestBody::new(self, record))
+    }
+}
+
+impl<E> CountableBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E>
+where
+    E: 'static,
+{
+    fn counted(self, record: &mut RequestRecord) -> Self {
+        if self.is_end_stream() {
+            return self;
+        }
+        http_body_util::combinators::UnsyncBoxBody::new(RequestBody::new(self, record))
+    }
+}
+
+impl<E> CountableBody for http_body_util::combinators::BoxBody<Bytes, E>
+where
+    E: 'static,
+{
+    fn counted(self, record: &mut RequestRecord) -> Self {
+        if self.is_end_stream() {
+            return self;
+        }
+        http_body_util::combinators::BoxBody::new(RequestBody::new(self, record))
+    }
+}
+
+/// Bodies already in memory: their exact size is what the handler can read.
+impl CountableBody for http_body_util::Full<Bytes> {}
+impl CountableBody for http_body_util::Empty<Bytes> {}
+impl CountableBody for String {}
+impl CountableBody for hyper::body::Incoming {}

@@ -1,0 +1,75 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::Response;
+use observe_core::{HttpMetrics, RequestRecord};
+use pin_project_lite::pin_project;
+
+use crate::body::ResponseBody;
+use crate::service::nested::RouteSlot;
+
+pin_project! {
+    /// Response future of [`Observe`](crate::Observe): hands the record to the response body.
+    ///
+    /// Dropped before it resolves (the client went away), it records `499`; dropped while a
+    /// panic unwinds through it, `500`.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<RequestRecord>,
+        slot: Option<(RouteSlot, HttpMetrics)>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(
+        inner: F,
+        record: Option<RequestRecord>,
+        slot: Option<(RouteSlot, HttpMetrics)>,
+    ) -> Self {
+        ResponseFuture {
+            inner,
+            record,
+            slot,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut record = this.record.take();
+        if let (Some(record), Some((slot, metrics))) = (&mut record, this.slot.take()) {
+            if let Some(route) = slot.resolve(&metrics) {
+                record.set_route(route);
+            }
+        }
+        Poll::Ready(match result {
+            Ok(response) => {
+                let status = response.status();
+                if let Some(record) = &mut record {
+                    record.responded(status.as_u16());
+                }
+                let bodiless = status.is_informational()
+                    || status == http::StatusCode::NO_CONTENT
+                    || status == http::StatusCode::NOT_MODIFIED
+                    || record.as_ref().is_some_and(|r| r.method().is_head());
+                Ok(response.map(|body| ResponseBody::new(body, record, bodiless)))
+            }
+            Err(error) => {
+                if let Some(mut record) = record {
+                    record.fail();
+                }
+                Err(error)
+            }
+        })
+    }
+}

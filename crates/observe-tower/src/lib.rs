@@ -1,0 +1,38 @@
+//! Per-route RED metrics for tower stacks: axum, hyper, tonic.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use observe_tower::ObserveLayer;
+//!
+//! # async fn run() {
+//! let observe = ObserveLayer::new("checkout");
+//! let app = Router::new()
+//!     .route("/users/{id}", get(|| async { "hi" }))
+//!     .merge(observe.routes()) // GET /metrics
+//!     .layer(observe);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+//!
+//! Every request is recorded once, when its response body ends or is dropped, into the
+//! families of `docs/metrics.md`: `http_server_request_duration_seconds`,
+//! `http_server_requests_total`, `http_server_active_requests` and the body size histograms.
+//! `http_route` is axum's route template ([`axum::extract::MatchedPath`]), `unmatched` when
+//! there is none; without axum, give a route function with [`ObserveLayer::with_route_fn`].
+//!
+//! Apply the layer once, on the outermost router. A router mounted with `nest_service`
+//! keeps its full template when it carries the same layer too (see [`ObserveLayer`]).
+
+mod body;
+mod future;
+mod layer;
+#[cfg(feature = "axum")]
+mod routes;
+mod service;
+
+pub use body::{CountableBody, RequestBody, ResponseBody};
+pub use future::ResponseFuture;
+pub use layer::ObserveLayer;
+pub use observe_core::{self as core, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
+pub use service::Observe;

@@ -1,0 +1,116 @@
+//! `example-axum`: a small service instrumented with observe.
+//!
+//! ```text
+//! cargo run -p example-axum                 # listens on 127.0.0.1:3000
+//! cargo run -p example-axum -- 127.0.0.1:8080
+//! curl localhost:3000/users/7; curl localhost:3000/metrics
+//! ```
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use observe_tower::ObserveLayer;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The service's routes, without observe, so tests can compare with and without.
+fn api() -> Router {
+    let items = Router::new().route("/items/{id}", get(item));
+    Router::new()
+        .route("/users/{id}", get(user))
+        .route("/slow", get(slow))
+        .route("/fail", get(fail))
+        .route("/stream", get(stream))
+        .nest("/api", items)
+}
+
+async fn user(Path(id): Path<u64>) -> Json<Value> {
+    Json(json!({ "id": id, "name": format!("user-{id}") }))
+}
+
+async fn item(Path(id): Path<u64>) -> Json<Value> {
+    Json(json!({ "id": id, "kind": "item" }))
+}
+
+#[derive(Deserialize)]
+struct SlowParams {
+    #[serde(default)]
+    ms: u64,
+}
+
+/// Sleeps `ms` milliseconds (capped at 60 s) before answering.
+async fn slow(Query(p): Query<SlowParams>) -> String {
+    let ms = p.ms.min(60_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms} ms\n")
+}
+
+async fn fail() -> (StatusCode, &'static str) {
+    (StatusCode::INTERNAL_SERVER_ERROR, "this endpoint always fails\n")
+}
+
+#[derive(Deserialize)]
+struct StreamParams {
+    #[serde(default = "default_chunks")]
+    chunks: u32,
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+fn default_chunks() -> u32 {
+    5
+}
+
+/// Streams `chunks` lines (at most 10,000), `delay_ms` (at most 10 s) apart.
+async fn stream(Query(p): Query<StreamParams>) -> Body {
+    let chunks = p.chunks.min(10_000);
+    let delay = Duration::from_millis(p.delay_ms.min(10_000));
+    let lines = futures_util::stream::unfold(0u32, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok::<_, std::io::Error>(Bytes::from(format!("chunk {i}\n"))), i + 1))
+    });
+    Body::from_stream(lines)
+}
+
+/// The example's whole app: the API, `/metrics`, and the layer around both.
+fn app(observe: ObserveLayer) -> Router {
+    api().merge(observe.routes()).layer(observe)
+}
+
+#[tokio::main]
+async fn main() {
+    let addr: SocketAddr = match std::env::args().nth(1).map(|a| a.parse()) {
+        None => SocketAddr::from(([127, 0, 0, 1], 3000)),
+        Some(Ok(addr)) => addr,
+        Some(Err(e)) => {
+            eprintln!("example-axum: the first argument must be a listen address like 127.0.0.1:3000 ({e})");
+            std::process::exit(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("example-axum: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("example-axum listening on http://{}", listener.local_addr().unwrap_or(addr));
+    let app = app(ObserveLayer::new("example-axum"));
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        eprintln!("example-axum: server error: {e}");
+        std::process::exit(1);
+    }
+}
