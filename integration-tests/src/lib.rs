@@ -1,0 +1,172 @@
+//! Harness for the end-to-end tests: runs the example services (and, in the tests that need
+//! them, real Prometheus, Alertmanager and `go tool pprof`) on loopback ports.
+//!
+//! The examples are the binaries cargo builds for `example-axum` and `example-actix`; the
+//! test command (`.ci/run`) builds them first, and [`Example::start`] builds a missing one.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration-tests sits in the workspace root")
+        .to_path_buf()
+}
+
+/// Where cargo puts this workspace's debug binaries.
+pub fn target_debug_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir).join("debug"),
+        None => workspace_root().join("target").join("debug"),
+    }
+}
+
+/// The path of a workspace binary, building its package if it is missing.
+pub fn binary(package: &str) -> PathBuf {
+    let path = target_debug_dir().join(package);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", package])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build -p {package} failed");
+    }
+    path
+}
+
+/// A running example service, killed when dropped.
+pub struct Example {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Example {
+    /// Starts `package` (e.g. `example-axum`) on a free loopback port, with `envs` set, and
+    /// waits until it listens. The examples print `... listening on http://ADDR` first.
+    pub fn start(package: &str, envs: &[(&str, &str)]) -> Example {
+        let mut child = Command::new(binary(package))
+            .arg("127.0.0.1:0")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {package}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{package} did not say where it listens"));
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{package} printed {line:?}, not its address"));
+        Example { child, addr }
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One sample of a Prometheus text exposition: `name{labels} value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Metric name, e.g. `http_server_requests_total`.
+    pub name: String,
+    /// Label pairs in exposition order.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `name`, if present.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses the samples of a text exposition (comments skipped). Label values in observe's
+/// output never contain `"` or `,` escapes except through `\"`, which this handles.
+pub fn parse_exposition(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(parse_sample)
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.parse().ok()?;
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some(Sample { name: series.to_owned(), labels: vec![], value });
+    };
+    let body = rest.strip_suffix('}')?;
+    let mut labels = Vec::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.push(chars.next()?),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(',').to_owned(), value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    Some(Sample { name: name.to_owned(), labels, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_labels_and_values() {
+        let s = parse_exposition(
+            "# HELP x y\nx_total{a=\"1\",b=\"q\\\"z\"} 3\nup 1\n",
+        );
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].label("b"), Some("q\"z"));
+        assert_eq!(s[0].value, 3.0);
+        assert_eq!(s[1].name, "up");
+    }
+}
