@@ -4,6 +4,19 @@
 //! The examples are the binaries cargo builds for `example-axum` and `example-actix`; the
 //! test command (`.ci/run`) builds them first, and [`Example::start`] builds a missing one.
 
+mod dashboard;
+mod profiling;
+mod tools;
+
+pub use dashboard::{
+    expand_variables, grafana_regex, parse_label_values, variable_query, Dashboard, PanelQuery,
+};
+pub use profiling::{chromium_screenshot, fetch, go_tool_pprof, Answer, Load};
+pub use tools::{
+    amtool, free_port, has_data, http_get, promtool, tool, url_encode, wait_until, Alertmanager,
+    Prometheus, TempDir,
+};
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -126,7 +139,11 @@ fn parse_sample(line: &str) -> Option<Sample> {
     let (series, value) = line.rsplit_once(' ')?;
     let value = value.parse().ok()?;
     let Some((name, rest)) = series.split_once('{') else {
-        return Some(Sample { name: series.to_owned(), labels: vec![], value });
+        return Some(Sample {
+            name: series.to_owned(),
+            labels: vec![],
+            value,
+        });
     };
     let body = rest.strip_suffix('}')?;
     let mut labels = Vec::new();
@@ -152,7 +169,11 @@ fn parse_sample(line: &str) -> Option<Sample> {
             chars.next();
         }
     }
-    Some(Sample { name: name.to_owned(), labels, value })
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
 }
 
 #[cfg(test)]
@@ -161,9 +182,7 @@ mod tests {
 
     #[test]
     fn parses_labels_and_values() {
-        let s = parse_exposition(
-            "# HELP x y\nx_total{a=\"1\",b=\"q\\\"z\"} 3\nup 1\n",
-        );
+        let s = parse_exposition("# HELP x y\nx_total{a=\"1\",b=\"q\\\"z\"} 3\nup 1\n");
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].label("b"), Some("q\"z"));
         assert_eq!(s[0].value, 3.0);

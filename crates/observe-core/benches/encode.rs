@@ -1,8 +1,12 @@
 //! `/metrics` encoding cost.
 //!
-//! `encode_10k_series`: 10,000 `(route, method, status)` label sets, i.e. 10,000 series of
-//! `http_server_requests_total` plus the duration histogram's bucket series (size histograms
-//! off). `encode_10k_counters`: a registry of exactly 10,000 counter series, for scale.
+//! Series are counted as Prometheus counts them: every exposed sample line is one series.
+//! One `(route, method, status)` label set of observe's families (size histograms off) is 18
+//! series: 14 buckets + `+Inf` + `_sum` + `_count` of the duration, and the request counter.
+//!
+//! * `encode_10k_series`: 556 label sets, 10,008 series.
+//! * `encode_10k_label_sets`: 10,000 label sets, 180,000 series.
+//! * `encode_10k_counters`: a plain registry of 10,000 counter series, for scale.
 use criterion::{criterion_group, criterion_main, Criterion};
 use observe_core::{HttpMetrics, MetricsEncoder};
 
@@ -23,13 +27,18 @@ fn http_metrics_with(label_sets: usize) -> HttpMetrics {
 }
 
 fn encode(c: &mut Criterion) {
-    let metrics = http_metrics_with(10_000);
+    let metrics = http_metrics_with(556);
     let encoder = MetricsEncoder::new(metrics.registry().clone());
     c.bench_function("encode_10k_series", |b| {
         b.iter(|| encoder.encode(None).unwrap().body.len())
     });
     c.bench_function("encode_10k_series_gzip", |b| {
         b.iter(|| encoder.encode(Some("gzip")).unwrap().body.len())
+    });
+    let metrics = http_metrics_with(10_000);
+    let encoder = MetricsEncoder::new(metrics.registry().clone());
+    c.bench_function("encode_10k_label_sets", |b| {
+        b.iter(|| encoder.encode(None).unwrap().body.len())
     });
 
     let registry = prometheus::Registry::new();

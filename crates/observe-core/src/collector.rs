@@ -25,7 +25,8 @@ pub(crate) struct HttpCollector {
 
 impl HttpCollector {
     pub(crate) fn new(state: Arc<State>) -> Result<Self, ObserveError> {
-        let mut const_labels: HashMap<String, String> = state.const_labels.iter().cloned().collect();
+        let mut const_labels: HashMap<String, String> =
+            state.const_labels.iter().cloned().collect();
         const_labels.insert(SERVICE.to_owned(), state.service.clone());
         let per_request = || vec![ROUTE.to_owned(), METHOD.to_owned(), STATUS.to_owned()];
         let mut families = vec![
@@ -34,13 +35,26 @@ impl HttpCollector {
             (ACTIVE, "HTTP server requests in flight.", vec![METHOD.to_owned()]),
         ];
         if state.size_bounds.is_some() {
-            families.push((REQUEST_SIZE, "Request body bytes read by the server, counted when the request is recorded.", per_request()));
-            families.push((RESPONSE_SIZE, "Response body bytes sent by the server, counted when the response body ends.", per_request()));
+            families.push((
+                REQUEST_SIZE,
+                "Request body bytes read by the server, counted when the request is recorded.",
+                per_request(),
+            ));
+            families.push((
+                RESPONSE_SIZE,
+                "Response body bytes sent by the server, counted when the response body ends.",
+                per_request(),
+            ));
         }
         let descs = families
             .into_iter()
             .map(|(name, help, labels)| {
-                Desc::new(name.to_owned(), help.to_owned(), labels, const_labels.clone())
+                Desc::new(
+                    name.to_owned(),
+                    help.to_owned(),
+                    labels,
+                    const_labels.clone(),
+                )
             })
             .collect::<Result<_, _>>()
             .map_err(ObserveError::Registration)?;
@@ -50,7 +64,11 @@ impl HttpCollector {
     fn family(&self, name: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
         let mut family = MetricFamily::default();
         family.set_name(name.to_owned());
-        let help = self.descs.iter().find(|d| d.fq_name == name).map(|d| d.help.clone());
+        let help = self
+            .descs
+            .iter()
+            .find(|d| d.fq_name == name)
+            .map(|d| d.help.clone());
         family.set_help(help.unwrap_or_default());
         family.set_field_type(kind);
         family.set_metric(metrics);

@@ -61,7 +61,7 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
             size_buckets: DEFAULT_SIZE_BUCKETS.to_vec(),
             const_labels: BTreeMap::new(),
             registry: None,
-            excluded_routes: vec!["/metrics".to_owned()],
+            excluded_routes: default_excluded_routes(),
             size_histograms: true,
             max_routes: DEFAULT_MAX_ROUTES,
             output: PhantomData,
@@ -114,7 +114,8 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
     }
 
     /// Route templates whose requests are not recorded at all. Replaces the default
-    /// (`["/metrics"]`); pass an empty list to record everything.
+    /// (`["/metrics"]`, plus the `/debug/pprof` routes with the `pprof` feature); pass an
+    /// empty list to record everything.
     pub fn exclude_routes<I, S>(mut self, routes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -149,6 +150,18 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
     }
 }
 
+fn default_excluded_routes() -> Vec<String> {
+    #[allow(unused_mut)]
+    let mut routes = vec!["/metrics".to_owned()];
+    #[cfg(feature = "pprof")]
+    routes.extend(
+        crate::profiling::PPROF_ROUTES
+            .iter()
+            .map(|r| (*r).to_owned()),
+    );
+    routes
+}
+
 fn validate_buckets(metric: &'static str, bounds: &[f64]) -> Result<(), ObserveError> {
     let reason = if bounds.is_empty() {
         Some("no buckets given".to_owned())
@@ -176,9 +189,19 @@ mod tests {
 
     #[test]
     fn bad_buckets_are_refused_with_a_reason() {
-        for bad in [&[][..], &[0.1, 0.1], &[0.2, 0.1], &[-1.0], &[f64::NAN], &[f64::INFINITY]] {
+        for bad in [
+            &[][..],
+            &[0.1, 0.1],
+            &[0.2, 0.1],
+            &[-1.0],
+            &[f64::NAN],
+            &[f64::INFINITY],
+        ] {
             let err = builder().buckets(bad).unwrap_err();
-            assert!(matches!(err, ObserveError::InvalidBuckets { .. }), "{bad:?}");
+            assert!(
+                matches!(err, ObserveError::InvalidBuckets { .. }),
+                "{bad:?}"
+            );
         }
         assert!(builder().buckets(&[0.1, 0.2]).is_ok());
     }

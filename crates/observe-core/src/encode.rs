@@ -83,7 +83,9 @@ pub(crate) fn accepts_gzip(accept_encoding: &str) -> bool {
         let q = parts
             .filter_map(|p| {
                 let (k, v) = p.split_once('=')?;
-                k.trim().eq_ignore_ascii_case("q").then(|| v.trim().parse::<f32>().ok())?
+                k.trim()
+                    .eq_ignore_ascii_case("q")
+                    .then(|| v.trim().parse::<f32>().ok())?
             })
             .next()
             .unwrap_or(1.0);
@@ -102,10 +104,27 @@ mod tests {
 
     #[test]
     fn gzip_negotiation_follows_weights() {
-        for yes in ["gzip", "GZIP", "deflate, gzip;q=0.5", "x-gzip", "*", "br, *;q=0.1", " gzip ; q=1"] {
+        for yes in [
+            "gzip",
+            "GZIP",
+            "deflate, gzip;q=0.5",
+            "x-gzip",
+            "*",
+            "br, *;q=0.1",
+            " gzip ; q=1",
+        ] {
             assert!(accepts_gzip(yes), "{yes:?}");
         }
-        for no in ["", "identity", "br", "gzip;q=0", "*;q=0", "gzip;q=0, *", "gzip;q=bogus-is-not-zero-but", ";;;"] {
+        for no in [
+            "",
+            "identity",
+            "br",
+            "gzip;q=0",
+            "*;q=0",
+            "gzip;q=0, *",
+            "gzip;q=bogus-is-not-zero-but",
+            ";;;",
+        ] {
             if no == "gzip;q=bogus-is-not-zero-but" {
                 // An unparsable weight is ignored: the coding counts as accepted.
                 assert!(accepts_gzip(no));

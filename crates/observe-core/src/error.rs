@@ -24,7 +24,7 @@ pub enum ObserveError {
     #[error("max_routes must be at least 1, got {0}")]
     InvalidMaxRoutes(usize),
     /// The registry refused the metric families, e.g. a second layer with the same service name.
-    #[error("could not register observe's metrics: {0} (each service name may be registered once per registry)")]
+    #[error("could not register observe's metrics: {0} (each service name may be registered once per registry, and services sharing a registry must use the same constant label names)")]
     Registration(#[source] prometheus::Error),
     /// Encoding the registry into the text format failed.
     #[error("could not encode metrics: {0}")]

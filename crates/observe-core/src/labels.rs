@@ -82,7 +82,9 @@ mod tests {
 
     #[test]
     fn every_standard_method_keeps_its_name() {
-        for m in ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"] {
+        for m in [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ] {
             assert_eq!(MethodLabel::from_method(m).as_str(), m);
         }
     }

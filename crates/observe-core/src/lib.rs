@@ -6,7 +6,8 @@
 //! * the label policy: route templates, `unmatched`, `_OTHER` methods ([`RouteId`], [`MethodLabel`]),
 //! * the per-request guard that records a request exactly once ([`RequestRecord`]),
 //! * `/metrics` encoding with content negotiation ([`MetricsEncoder`]),
-//! * configuration ([`ObserveBuilder`]).
+//! * configuration ([`ObserveBuilder`]),
+//! * with the `pprof` feature, `/debug/pprof/*` for every adapter (`profiling`).
 //!
 //! It has no tower, axum or actix types: adapters translate their framework's request and
 //! response into the few calls of [`RequestRecord`].
@@ -33,10 +34,14 @@ mod error;
 mod histogram;
 mod labels;
 mod metrics;
+#[cfg(feature = "pprof")]
+pub mod profiling;
 mod record;
 mod routes;
 
-pub use config::{ObserveBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_MAX_ROUTES, DEFAULT_SIZE_BUCKETS};
+pub use config::{
+    ObserveBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_MAX_ROUTES, DEFAULT_SIZE_BUCKETS,
+};
 pub use encode::{EncodedMetrics, MetricsEncoder, TEXT_CONTENT_TYPE};
 pub use error::ObserveError;
 pub use labels::MethodLabel;

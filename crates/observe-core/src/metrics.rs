@@ -135,6 +135,21 @@ impl HttpMetrics {
         self.state.routes.resolve(template)
     }
 
+    /// Whether a raw request path equals one of the excluded templates (`/metrics` by
+    /// default). For adapters that only learn the template after the request started (actix):
+    /// a request to a literal excluded path can skip [`start`](Self::start) altogether and so
+    /// never touch `http_server_active_requests`. Interns nothing, takes no lock.
+    ///
+    /// ```
+    /// let metrics = observe_core::HttpMetrics::new("svc");
+    /// assert!(metrics.is_excluded_path("/metrics"));
+    /// assert!(!metrics.is_excluded_path("/users/7"));
+    /// ```
+    #[inline]
+    pub fn is_excluded_path(&self, path: &str) -> bool {
+        self.state.routes.is_excluded_path(path)
+    }
+
     /// Starts recording a request; `None` when its route is excluded.
     ///
     /// `route` may be [`RouteId::UNMATCHED`] when the framework only knows it later (actix);

@@ -119,7 +119,9 @@ impl RequestRecord {
     /// A counter for a request body wrapper that lives apart from the record.
     /// Allocates once; adapters call it only for requests that carry a body.
     pub fn request_tally(&mut self) -> ByteTally {
-        self.request_tally.get_or_insert_with(ByteTally::default).clone()
+        self.request_tally
+            .get_or_insert_with(ByteTally::default)
+            .clone()
     }
 
     /// The response body ended: records the request with the status given to

@@ -33,6 +33,9 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug)]
 pub(crate) struct RouteTable {
     ids: RwLock<Map<Arc<str>, RouteId>>,
+    /// The excluded templates again, for a lock-free check of a raw path (see
+    /// [`HttpMetrics::is_excluded_path`](crate::HttpMetrics::is_excluded_path)).
+    excluded: Box<[Box<str>]>,
     names: RwLock<Vec<Arc<str>>>,
     max_routes: usize,
 }
@@ -45,6 +48,7 @@ impl RouteTable {
         }
         RouteTable {
             ids: RwLock::new(ids),
+            excluded: excluded.iter().map(|r| r.as_str().into()).collect(),
             names: RwLock::new(vec![Arc::from(UNMATCHED_ROUTE), Arc::from(OVERFLOW_ROUTE)]),
             max_routes,
         }
@@ -58,6 +62,14 @@ impl RouteTable {
             return *id;
         }
         self.insert(template)
+    }
+
+    /// Whether `path` equals an excluded template. A literal template is equal to the only
+    /// path it matches, so adapters that learn the template after the request started (actix)
+    /// can skip such requests before they touch any metric.
+    #[inline]
+    pub(crate) fn is_excluded_path(&self, path: &str) -> bool {
+        self.excluded.iter().any(|e| **e == *path)
     }
 
     #[cold]
@@ -106,6 +118,20 @@ mod tests {
         assert_eq!(table.resolve(None), RouteId::UNMATCHED);
         assert!(table.resolve(Some("/metrics")).is_excluded());
         assert_eq!(table.names()[a.0 as usize].as_ref(), "/users/{id}");
+    }
+
+    #[test]
+    fn raw_paths_are_excluded_only_when_equal_to_an_excluded_template() {
+        let table = RouteTable::new(&["/metrics".into(), "/jobs/{id}".into()], 10);
+        assert!(table.is_excluded_path("/metrics"));
+        assert!(!table.is_excluded_path("/metrics/"));
+        assert!(
+            !table.is_excluded_path("/jobs/7"),
+            "templated exclusions need the template"
+        );
+        assert!(!table.is_excluded_path("/users"));
+        // Checking a path interns nothing.
+        assert_eq!(table.names().len(), 2);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `service_observed` do the same around a minimal `tower::service_fn`, which isolates the
 //! layer from axum's own per-layer boxing.
 use std::convert::Infallible;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::routing::get;
@@ -46,32 +47,88 @@ where
     std::hint::black_box(body);
 }
 
-fn overhead(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let mut group = c.benchmark_group("per_request");
-
-    let mut bare = router();
-    group.bench_function("axum_bare", |b| b.to_async(&rt).iter(|| drive(&mut bare)));
-    // Clone per iteration is avoided: the same router serves every request, as in a server.
-    let mut observed = router().layer(ObserveLayer::new("bench"));
-    group.bench_function("axum_observed", |b| {
-        b.to_async(&rt).iter(|| drive(&mut observed))
+/// Times `iters` requests through one long-lived service, as a server would run them.
+fn bench<S, F>(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    svc: S,
+    drive: F,
+) where
+    S: Clone + 'static,
+    F: AsyncDriver<S>,
+{
+    c.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut svc = svc.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    F::drive(&mut svc).await;
+                }
+                start.elapsed()
+            }
+        })
     });
+}
+
+/// One request, read to the end of its body.
+trait AsyncDriver<S> {
+    async fn drive(svc: &mut S);
+}
+
+struct AxumRequest;
+impl<S, B> AsyncDriver<S> for AxumRequest
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    async fn drive(svc: &mut S) {
+        drive(svc).await
+    }
+}
+
+struct PlainRequest;
+impl<S, B> AsyncDriver<S> for PlainRequest
+where
+    S: Service<Request<Full<bytes::Bytes>>, Response = Response<B>, Error = Infallible>,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    async fn drive(svc: &mut S) {
+        drive_plain(svc).await
+    }
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("per_request");
+    bench(&mut group, &rt, "axum_bare", router(), AxumRequest);
+    bench(
+        &mut group,
+        &rt,
+        "axum_observed",
+        router().layer(ObserveLayer::new("bench")),
+        AxumRequest,
+    );
 
     let handler = || {
         tower::service_fn(|_req: Request<Full<bytes::Bytes>>| async {
             Ok::<_, Infallible>(Response::new(Full::new(bytes::Bytes::from_static(b"user"))))
         })
     };
-    let mut bare = handler();
-    group.bench_function("service_bare", |b| {
-        b.to_async(&rt).iter(|| drive_plain(&mut bare))
-    });
+    bench(&mut group, &rt, "service_bare", handler(), PlainRequest);
     let layer = ObserveLayer::new("bench").with_route_fn(|_| Some("/users/{id}"));
-    let mut observed = tower::Layer::layer(&layer, handler());
-    group.bench_function("service_observed", |b| {
-        b.to_async(&rt).iter(|| drive_plain(&mut observed))
-    });
+    bench(
+        &mut group,
+        &rt,
+        "service_observed",
+        tower::Layer::layer(&layer, handler()),
+        PlainRequest,
+    );
     group.finish();
 }
 

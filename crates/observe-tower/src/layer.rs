@@ -32,6 +32,9 @@ pub(crate) type RouteFn = dyn for<'a> Fn(&'a Parts) -> Option<&'a str> + Send + 
 pub struct ObserveLayer {
     pub(crate) metrics: HttpMetrics,
     pub(crate) route_fn: Option<Arc<RouteFn>>,
+    /// What `routes()` serves under `/debug/pprof`; `None`: nothing.
+    #[cfg(feature = "pprof")]
+    pub(crate) pprof: Option<observe_core::profiling::Pprof>,
 }
 
 impl std::fmt::Debug for ObserveLayer {
@@ -81,6 +84,8 @@ impl From<HttpMetrics> for ObserveLayer {
         ObserveLayer {
             metrics,
             route_fn: None,
+            #[cfg(feature = "pprof")]
+            pprof: Some(observe_core::profiling::Pprof::new()),
         }
     }
 }

@@ -27,6 +27,8 @@
 mod body;
 mod future;
 mod layer;
+#[cfg(feature = "pprof")]
+mod pprof;
 #[cfg(feature = "axum")]
 mod routes;
 mod service;
@@ -34,5 +36,9 @@ mod service;
 pub use body::{CountableBody, RequestBody, ResponseBody};
 pub use future::ResponseFuture;
 pub use layer::ObserveLayer;
+#[cfg(feature = "pprof")]
+pub use observe_core::profiling::{Access, AccessRequest, Pprof};
 pub use observe_core::{self as core, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
+#[cfg(feature = "pprof")]
+pub use pprof::{pprof_router, serve_pprof_on_loopback};
 pub use service::Observe;

@@ -12,6 +12,9 @@ impl ObserveLayer {
     /// An axum router serving `GET /metrics`: the layer's whole registry in the Prometheus
     /// text format, gzipped when the scraper accepts it. Merge it into your router.
     ///
+    /// With the `pprof` feature it also serves `/debug/pprof/*` (loopback clients only unless
+    /// configured otherwise with `with_pprof`: see `docs/pprof.md`).
+    ///
     /// ```
     /// use axum::{routing::get, Router};
     /// let observe = observe_tower::ObserveLayer::new("svc");
@@ -25,10 +28,17 @@ impl ObserveLayer {
         S: Clone + Send + Sync + 'static,
     {
         let encoder = MetricsEncoder::new(self.metrics.registry().clone());
-        Router::new().route(
+        let router = Router::new().route(
             "/metrics",
             get(move |headers: HeaderMap| serve_metrics(encoder.clone(), headers)),
-        )
+        );
+        // With the `pprof` feature: `/debug/pprof/*` too (see `crate::pprof`).
+        #[cfg(feature = "pprof")]
+        let router = match &self.pprof {
+            Some(pprof) => router.merge(crate::pprof::pprof_router(pprof.clone())),
+            None => router,
+        };
+        router
     }
 }
 

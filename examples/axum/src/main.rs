@@ -4,9 +4,14 @@
 //! cargo run -p example-axum                 # listens on 127.0.0.1:3000
 //! cargo run -p example-axum -- 127.0.0.1:8080
 //! curl localhost:3000/users/7; curl localhost:3000/metrics
+//! go tool pprof -top 'http://127.0.0.1:3000/debug/pprof/profile?seconds=5'  # while: curl localhost:3000/work?ms=200
+//! open http://127.0.0.1:3000/debug/pprof/
 //! ```
+//!
+//! `/debug/pprof/*` answers loopback clients only (observe's default); see docs/pprof.md.
+use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Query};
@@ -18,6 +23,20 @@ use observe_tower::ObserveLayer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+/// jemalloc, built with its heap profiler, serves every allocation: `/debug/pprof/heap`
+/// then shows where live memory was allocated.
+#[global_allocator]
+static ALLOC: observe_tower::core::profiling::Jemalloc = observe_tower::core::profiling::Jemalloc;
+
+/// jemalloc's start-up options: heap profiling on, one sample per 512 KiB allocated on average.
+/// `_RJEM_MALLOC_CONF` in the environment still overrides it (e.g. `prof:false`).
+// `unsafe_code` is denied workspace-wide; exporting a symbol under a fixed name counts as
+// unsafe because nothing checks its type. jemalloc reads it as `const char *`, which is the
+// first word of a `&[u8]` (this is how the `jemalloc_pprof` documentation sets it too).
+#[allow(unsafe_code, non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"prof:true,prof_active:true,lg_prof_sample:19\0";
+
 /// The service's routes, without observe, so tests can compare with and without.
 fn api() -> Router {
     let items = Router::new().route("/items/{id}", get(item));
@@ -26,6 +45,7 @@ fn api() -> Router {
         .route("/slow", get(slow))
         .route("/fail", get(fail))
         .route("/stream", get(stream))
+        .route("/work", get(work))
         .nest("/api", items)
 }
 
@@ -51,7 +71,10 @@ async fn slow(Query(p): Query<SlowParams>) -> String {
 }
 
 async fn fail() -> (StatusCode, &'static str) {
-    (StatusCode::INTERNAL_SERVER_ERROR, "this endpoint always fails\n")
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "this endpoint always fails\n",
+    )
 }
 
 #[derive(Deserialize)]
@@ -77,9 +100,53 @@ async fn stream(Query(p): Query<StreamParams>) -> Body {
         if i > 0 {
             tokio::time::sleep(delay).await;
         }
-        Some((Ok::<_, std::io::Error>(Bytes::from(format!("chunk {i}\n"))), i + 1))
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("chunk {i}\n"))),
+            i + 1,
+        ))
     });
     Body::from_stream(lines)
+}
+
+#[derive(Deserialize)]
+struct WorkParams {
+    #[serde(default = "default_work_ms")]
+    ms: u64,
+}
+
+fn default_work_ms() -> u64 {
+    10
+}
+
+/// Burns `ms` milliseconds of CPU (at most 1 s) on a blocking thread: a workload for the
+/// CPU profile to find.
+async fn work(Query(p): Query<WorkParams>) -> String {
+    let budget = Duration::from_millis(p.ms.min(1000));
+    let rounds = tokio::task::spawn_blocking(move || busy_work(budget))
+        .await
+        .unwrap_or(0);
+    format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
+}
+
+/// Hashes in a loop until `budget` is spent; returns the rounds done. Never inlined, so
+/// profiles show it by name.
+#[inline(never)]
+fn busy_work(budget: Duration) -> u64 {
+    let started = Instant::now();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rounds = 0;
+    while started.elapsed() < budget {
+        for _ in 0..10_000 {
+            // xorshift64*: cheap, and black_box keeps the optimizer from skipping it.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state = black_box(state.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        }
+        rounds += 1;
+    }
+    black_box(state);
+    rounds
 }
 
 /// The example's whole app: the API, `/metrics`, and the layer around both.
@@ -104,12 +171,20 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    println!("example-axum listening on http://{}", listener.local_addr().unwrap_or(addr));
+    println!(
+        "example-axum listening on http://{}",
+        listener.local_addr().unwrap_or(addr)
+    );
     let app = app(ObserveLayer::new("example-axum"));
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    // The client address lets observe's default pprof rule answer loopback clients only.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         eprintln!("example-axum: server error: {e}");
         std::process::exit(1);
     }

@@ -1,0 +1,66 @@
+//! Added cost per request of `Observe`, driven in-process with `actix_web::test::call_service`.
+//!
+//! `actix_bare` and `actix_observed` run the same actix `App` without and with the middleware,
+//! each request read to the end of its response body (where the record finishes). The
+//! difference of their medians is the overhead reported in `docs/performance.md`.
+//! `actix_observed_scope` routes through a nested scope; `actix_*_unmatched` is a 404.
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::{test, web, App, Error};
+use criterion::{criterion_group, criterion_main, Criterion};
+use observe_actix::Observe;
+
+fn api(config: &mut web::ServiceConfig) {
+    config
+        .route("/users/{id}", web::get().to(|| async { "user" }))
+        .service(web::scope("/api").route("/items/{id}", web::get().to(|| async { "item" })))
+        .route("/health", web::get().to(|| async { "ok" }));
+}
+
+/// A bodyless GET as actix's HTTP/1 decoder produces it (no payload, a parsed `Uri`).
+fn get(path: &'static str) -> actix_http::Request {
+    let mut request = actix_http::Request::new();
+    request.head_mut().method = actix_http::Method::GET;
+    request.head_mut().uri = actix_http::Uri::try_from(path).expect("a valid path");
+    request
+}
+
+async fn drive<S, B>(app: &S, iters: u64, path: &'static str) -> Duration
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody,
+{
+    let start = Instant::now();
+    for _ in 0..iters {
+        let response = test::call_service(app, get(path)).await;
+        std::hint::black_box(test::read_body(response).await);
+    }
+    start.elapsed()
+}
+
+fn overhead(c: &mut Criterion) {
+    let system = actix_web::rt::System::new();
+    let bare = system.block_on(test::init_service(App::new().configure(api)));
+    let observed = system.block_on(test::init_service(
+        App::new().configure(api).wrap(Observe::new("bench")),
+    ));
+    let mut group = c.benchmark_group("per_request");
+    for (name, path) in [
+        ("", "/users/42"),
+        ("_scope", "/api/items/7"),
+        ("_unmatched", "/nowhere"),
+    ] {
+        group.bench_function(format!("actix_bare{name}"), |b| {
+            b.iter_custom(|iters| system.block_on(drive(&bare, iters, path)))
+        });
+        group.bench_function(format!("actix_observed{name}"), |b| {
+            b.iter_custom(|iters| system.block_on(drive(&observed, iters, path)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);

@@ -1,0 +1,121 @@
+//! `/debug/pprof/*` for actix-web: mounts observe-core's [`Pprof`] (see `docs/pprof.md`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use actix_web::http::StatusCode;
+use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
+use observe_core::profiling::{AccessRequest, DebugResponse, Pprof, PprofRequest};
+
+use crate::middleware::Observe;
+
+impl Observe {
+    /// Serves `pprof` under `/debug/pprof` from [`routes`](Self::routes) instead of the
+    /// default ([`Pprof::new`]: loopback clients only, at most 60 s, no `cmdline`).
+    ///
+    /// ```
+    /// use observe_actix::{Access, Observe, Pprof};
+    ///
+    /// let token = std::env::var("PPROF_TOKEN").unwrap_or_else(|_| "change-me".into());
+    /// let observe = Observe::new("checkout")
+    ///     .with_pprof(Pprof::builder().access(Access::bearer_token(token)?).build());
+    /// # Ok::<(), observe_actix::core::profiling::PprofError>(())
+    /// ```
+    pub fn with_pprof(mut self, pprof: Pprof) -> Self {
+        self.pprof = Some(pprof);
+        self
+    }
+
+    /// [`routes`](Self::routes) serves `/metrics` only; serve the profiles elsewhere, e.g.
+    /// with [`serve_pprof_on_loopback`](crate::serve_pprof_on_loopback).
+    pub fn without_pprof_routes(mut self) -> Self {
+        self.pprof = None;
+        self
+    }
+}
+
+/// Registers `pprof` under `/debug/pprof` (what [`Observe::routes`] adds), for an `App` or
+/// scope of your own: `.configure(observe_actix::pprof_routes(pprof))`.
+pub fn pprof_routes(pprof: Pprof) -> impl Fn(&mut web::ServiceConfig) + Clone + 'static {
+    move |config: &mut web::ServiceConfig| configure(config, pprof.clone())
+}
+
+pub(crate) fn configure(config: &mut web::ServiceConfig, pprof: Pprof) {
+    let get = || web::route().guard(guard::Any(guard::Get()).or(guard::Head()));
+    let index = pprof.clone();
+    config
+        .route(
+            "/debug/pprof",
+            get().to(|| async { into_response(Pprof::redirect_to_index()) }),
+        )
+        .route(
+            "/debug/pprof/",
+            get().to(move |req: HttpRequest| serve(index.clone(), req)),
+        )
+        .route(
+            "/debug/pprof/{profile}",
+            get().to(move |req: HttpRequest| serve(pprof.clone(), req)),
+        );
+}
+
+/// Serves `pprof` on `127.0.0.1:port` (port 0: any free one) with a one-worker actix server
+/// of its own, apart from the application's public listener, and returns the bound address.
+/// Call it from within the actix runtime (e.g. in `#[actix_web::main]`).
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// use observe_actix::{Observe, Pprof};
+///
+/// let observe = Observe::new("checkout").without_pprof_routes();
+/// let admin = observe_actix::serve_pprof_on_loopback(6060, Pprof::new())?;
+/// println!("pprof on http://{admin}/debug/pprof/");
+/// # Ok(()) }
+/// ```
+pub fn serve_pprof_on_loopback(port: u16, pprof: Pprof) -> std::io::Result<SocketAddr> {
+    let server = HttpServer::new(move || App::new().configure(pprof_routes(pprof.clone())))
+        .workers(1)
+        .disable_signals()
+        .bind((Ipv4Addr::LOCALHOST, port))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    // The debug server lives as long as the runtime; its errors must not take the service down.
+    actix_web::rt::spawn(server.run());
+    Ok(addr)
+}
+
+async fn serve(pprof: Pprof, req: HttpRequest) -> HttpResponse {
+    let profile = req.match_info().get("profile").unwrap_or("");
+    let peer = req.peer_addr().map(|addr| addr.ip());
+    let mut access = AccessRequest::new(req.path(), peer);
+    for (name, value) in req.headers() {
+        if let Ok(value) = value.to_str() {
+            access = access.with_header(name.as_str(), value);
+        }
+    }
+    let query = Some(req.query_string()).filter(|q| !q.is_empty());
+    let job = match pprof.handle(&access, profile, query) {
+        PprofRequest::Ready(answer) => return into_response(answer),
+        PprofRequest::Blocking(job) => job,
+    };
+    // Dropped with this future when actix drops the request: the profile stops early.
+    let _cancel = job.cancel_on_drop();
+    match web::block(move || job.run()).await {
+        Ok(answer) => into_response(answer),
+        Err(e) => into_response(DebugResponse::error(500, &format!("profiling failed: {e}"))),
+    }
+}
+
+fn into_response(answer: DebugResponse) -> HttpResponse {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::build(status);
+    response.insert_header((CONTENT_TYPE, answer.content_type));
+    for (name, value) in answer.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.insert_header((HeaderName::from_static(name), value));
+        }
+    }
+    response.body(answer.body)
+}

@@ -1,0 +1,709 @@
+//! The metric contract (`docs/metrics.md`) for actix-web, over real TCP sockets: a real
+//! `HttpServer` on a loopback port, a real HTTP client, and the real `/metrics` output.
+use std::future::ready;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::dev::{ServerHandle, Service, ServiceResponse};
+use actix_web::error::{ErrorForbidden, ErrorServiceUnavailable};
+use actix_web::{guard, web, App, HttpResponse, HttpServer, Route};
+use bytes::Bytes;
+use integration_tests::{parse_exposition, Sample};
+use observe_actix::{prometheus, Observe};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Deserialize)]
+struct Params {
+    ms: Option<u64>,
+    chunks: Option<u32>,
+    delay_ms: Option<u64>,
+}
+
+async fn slow(p: web::Query<Params>) -> &'static str {
+    actix_web::rt::time::sleep(Duration::from_millis(p.ms.unwrap_or(0).min(10_000))).await;
+    "slept\n"
+}
+
+async fn stream(p: web::Query<Params>) -> HttpResponse {
+    let chunks = p.chunks.unwrap_or(5).min(10_000);
+    let delay = Duration::from_millis(p.delay_ms.unwrap_or(0).min(10_000));
+    let lines = futures_util::stream::unfold(0u32, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        if i > 0 {
+            actix_web::rt::time::sleep(delay).await;
+        }
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("chunk {i}\n"))),
+            i + 1,
+        ))
+    });
+    HttpResponse::Ok().streaming(lines)
+}
+
+async fn panics() -> &'static str {
+    panic!("handler panicked on purpose")
+}
+
+/// GET and HEAD, like axum's `get`; other methods get 405 under the resource's pattern.
+fn get() -> Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+fn api(config: &mut web::ServiceConfig) {
+    config
+        .service(web::resource("/users/{id}").route(get().to(|| async { "user\n" })))
+        .service(web::resource("/health").route(get().to(|| async { "ok" })))
+        // Same shape, different resources: the labels must stay apart.
+        .service(web::resource("/files/{n:\\d+}").route(get().to(|| async { "number" })))
+        .service(web::resource("/files/{name:[a-z]+}").route(get().to(|| async { "name" })))
+        .service(
+            web::scope("/api").service(
+                web::scope("/v{version}")
+                    .service(web::resource("/items/{id}").route(get().to(|| async { "item" })))
+                    .service(web::resource("/status").route(get().to(|| async { "up" }))),
+            ),
+        )
+        .service(web::resource("/slow").route(get().to(slow)))
+        .service(web::resource("/stream").route(get().to(stream)))
+        .service(web::resource("/panic").route(get().to(panics)))
+        .service(web::resource("/upload").route(
+            web::post().to(|body: Bytes| async move { format!("read {} bytes\n", body.len()) }),
+        ))
+        .service(web::resource("/ignore-body").route(web::post().to(|| async { "ignored" })))
+        .service(web::resource("/healthz").route(get().to(|| async { "ok" })))
+        .service(web::resource("/jobs/{id}").route(get().to(|| async { "job" })))
+        // Inner services that return `Err` instead of a response: actix answers with the
+        // error's status.
+        .service(
+            web::resource("/forbidden/{id}")
+                .wrap_fn(|_req, _srv| ready(Err::<ServiceResponse, _>(ErrorForbidden("no entry"))))
+                .route(get().to(|| async { "never" })),
+        )
+        .service(
+            web::resource("/unavailable")
+                .wrap_fn(|req, srv| {
+                    let fut = srv.call(req);
+                    async move {
+                        let _ = fut.await?;
+                        Err::<ServiceResponse, _>(ErrorServiceUnavailable("down for maintenance"))
+                    }
+                })
+                .route(get().to(|| async { "fine" })),
+        );
+}
+
+struct Server {
+    addr: SocketAddr,
+    observe: Observe,
+    handle: ServerHandle,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Stopping returns a future; nothing waits for it: the test process ends anyway.
+        drop(self.handle.stop(false));
+    }
+}
+
+/// Runs the test app wrapped in `observe` on a loopback port, on a thread of its own.
+fn serve(observe: Observe) -> Server {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let app_observe = observe.clone();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = HttpServer::new(move || {
+                App::new()
+                    .configure(api)
+                    .configure(app_observe.routes())
+                    .wrap(app_observe.clone())
+            })
+            .workers(2)
+            .disable_signals()
+            .bind("127.0.0.1:0")
+            .expect("bind a loopback port");
+            let addr = server.addrs()[0];
+            let server = server.run();
+            tx.send((addr, server.handle())).expect("test waits");
+            server.await
+        })
+    });
+    let (addr, handle) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server starts");
+    Server {
+        addr,
+        observe,
+        handle,
+    }
+}
+
+fn start(service: &str) -> Server {
+    serve(Observe::new(service))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("client")
+}
+
+fn url(server: &Server, path: &str) -> String {
+    format!("http://{}{}", server.addr, path)
+}
+
+async fn send(server: &Server, method: &str, path: &str) -> u16 {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let res = client()
+        .request(method, url(server, path))
+        .send()
+        .await
+        .expect("response");
+    let status = res.status().as_u16();
+    res.bytes().await.expect("whole body");
+    status
+}
+
+async fn scrape(server: &Server) -> Vec<Sample> {
+    let text = client()
+        .get(url(server, "/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    parse_exposition(&text)
+}
+
+/// The one sample of `name` whose labels include all of `labels`; 0 when there is none.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
+    found.first().map_or(0.0, |s| s.value)
+}
+
+fn requests(samples: &[Sample], route: &str, method: &str, status: &str) -> f64 {
+    let labels = [
+        ("http_route", route),
+        ("http_request_method", method),
+        ("http_response_status_code", status),
+    ];
+    let count = value(samples, "http_server_requests_total", &labels);
+    // Both are written by the same observation.
+    let durations = value(
+        samples,
+        "http_server_request_duration_seconds_count",
+        &labels,
+    );
+    assert_eq!(
+        count, durations,
+        "requests_total vs duration count for {labels:?}"
+    );
+    count
+}
+
+fn active(samples: &[Sample], method: &str) -> f64 {
+    value(
+        samples,
+        "http_server_active_requests",
+        &[("http_request_method", method)],
+    )
+}
+
+/// Scrapes until `check` holds (actix finishes a dropped connection on its own schedule),
+/// for at most 20 s; returns the samples that satisfied it.
+async fn eventually(server: &Server, what: &str, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    for _ in 0..400 {
+        let samples = scrape(server).await;
+        if check(&samples) {
+            return samples;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last: Vec<String> = scrape(server)
+        .await
+        .iter()
+        .filter(|s| {
+            s.name == "http_server_requests_total" || s.name == "http_server_active_requests"
+        })
+        .map(|s| format!("{s:?}"))
+        .collect();
+    panic!("never happened: {what}; last scrape: {last:#?}");
+}
+
+#[tokio::test]
+async fn counts_are_exact_per_route_method_and_status() {
+    let server = start("counts");
+    for id in 1..=3 {
+        assert_eq!(send(&server, "GET", &format!("/users/{id}")).await, 200);
+    }
+    assert_eq!(send(&server, "GET", "/health").await, 200);
+    assert_eq!(send(&server, "GET", "/health").await, 200);
+    assert_eq!(send(&server, "POST", "/users/1").await, 405);
+    assert_eq!(send(&server, "DELETE", "/users/2").await, 405);
+    assert_eq!(send(&server, "GET", "/files/42").await, 200);
+    assert_eq!(send(&server, "GET", "/files/abc").await, 200);
+    assert_eq!(send(&server, "GET", "/files/abc").await, 200);
+    assert_eq!(send(&server, "GET", "/nowhere").await, 404);
+    assert_eq!(send(&server, "GET", "/users/1/extra").await, 404);
+    assert_eq!(send(&server, "GET", "/metrics").await, 200);
+
+    let s = scrape(&server).await;
+    assert_eq!(requests(&s, "/users/{id}", "GET", "200"), 3.0);
+    assert_eq!(requests(&s, "/health", "GET", "200"), 2.0);
+    assert_eq!(requests(&s, "/users/{id}", "POST", "405"), 1.0);
+    assert_eq!(requests(&s, "/users/{id}", "DELETE", "405"), 1.0);
+    assert_eq!(requests(&s, "/files/{n:\\d+}", "GET", "200"), 1.0);
+    assert_eq!(requests(&s, "/files/{name:[a-z]+}", "GET", "200"), 2.0);
+    assert_eq!(requests(&s, "unmatched", "GET", "404"), 2.0);
+    let total: f64 = s
+        .iter()
+        .filter(|x| x.name == "http_server_requests_total")
+        .map(|x| x.value)
+        .sum();
+    assert_eq!(total, 12.0, "/metrics itself is excluded");
+    assert!(s.iter().all(|x| x.label("http_route") != Some("/metrics")));
+    assert!(s
+        .iter()
+        .all(|x| x.label("service").is_some_and(|v| v == "counts")
+            || !x.name.starts_with("http_server_")));
+    assert_eq!(active(&s, "GET"), 0.0);
+}
+
+#[tokio::test]
+async fn nested_scopes_keep_their_full_templates() {
+    let server = start("nested");
+    assert_eq!(send(&server, "GET", "/api/v1/items/7").await, 200);
+    assert_eq!(send(&server, "GET", "/api/v2/items/8").await, 200);
+    assert_eq!(send(&server, "GET", "/api/v2/status").await, 200);
+    assert_eq!(send(&server, "GET", "/api/v2/nothing").await, 404);
+    let s = scrape(&server).await;
+    assert_eq!(
+        requests(&s, "/api/v{version}/items/{id}", "GET", "200"),
+        2.0
+    );
+    assert_eq!(requests(&s, "/api/v{version}/status", "GET", "200"), 1.0);
+    assert_eq!(requests(&s, "unmatched", "GET", "404"), 1.0);
+}
+
+#[tokio::test]
+async fn a_thousand_junk_paths_stay_in_one_unmatched_series() {
+    let server = start("junk");
+    let client = client();
+    // A fixed pseudo-random sequence: reproducible junk.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789-._~%2F/";
+    for i in 0..1000 {
+        let mut path = String::from("/");
+        for _ in 0..(8 + i % 24) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            path.push(alphabet[(seed % alphabet.len() as u64) as usize] as char);
+        }
+        path.push_str(&format!("/{i}"));
+        let res = client
+            .get(url(&server, &path))
+            .send()
+            .await
+            .expect("response");
+        assert!(res.status().is_client_error(), "{path}: {}", res.status());
+        res.bytes().await.expect("body");
+    }
+    let s = scrape(&server).await;
+    let routes: std::collections::BTreeSet<&str> = s
+        .iter()
+        .filter(|x| x.name == "http_server_requests_total")
+        .filter_map(|x| x.label("http_route"))
+        .collect();
+    assert_eq!(routes.into_iter().collect::<Vec<_>>(), vec!["unmatched"]);
+    let statuses: f64 = s
+        .iter()
+        .filter(|x| x.name == "http_server_requests_total")
+        .map(|x| x.value)
+        .sum();
+    assert_eq!(statuses, 1000.0);
+}
+
+#[tokio::test]
+async fn invented_methods_are_recorded_as_other() {
+    let server = start("methods");
+    assert_eq!(send(&server, "BREW", "/users/1").await, 405);
+    assert_eq!(send(&server, "PURGE", "/nowhere").await, 404);
+    assert_eq!(
+        send(&server, "get", "/users/1").await,
+        405,
+        "methods are case-sensitive"
+    );
+    assert_eq!(send(&server, "PATCH", "/users/1").await, 405);
+    let s = scrape(&server).await;
+    assert_eq!(requests(&s, "/users/{id}", "_OTHER", "405"), 2.0);
+    assert_eq!(requests(&s, "unmatched", "_OTHER", "404"), 1.0);
+    assert_eq!(requests(&s, "/users/{id}", "PATCH", "405"), 1.0);
+    assert!(s.iter().all(|x| !matches!(
+        x.label("http_request_method"),
+        Some("BREW" | "get" | "PURGE")
+    )));
+}
+
+async fn raw_request(server: &Server, path: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("send request");
+    tcp
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_response_is_499() {
+    let server = start("gone-early");
+    let tcp = raw_request(&server, "/slow?ms=5000").await;
+    eventually(&server, "the slow request is in flight", |s| {
+        active(s, "GET") == 1.0
+    })
+    .await;
+    // A reset, not a half-close: actix sees the connection fail and drops the request.
+    tcp.set_zero_linger().expect("linger");
+    drop(tcp);
+    let s = eventually(&server, "the request is recorded", |s| {
+        active(s, "GET") == 0.0
+    })
+    .await;
+    assert_eq!(requests(&s, "/slow", "GET", "499"), 1.0);
+    assert_eq!(requests(&s, "/slow", "GET", "200"), 0.0);
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_stream_is_499() {
+    let server = start("gone-mid-stream");
+    let mut tcp = raw_request(&server, "/stream?chunks=1000&delay_ms=5").await;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("chunk 0\n") {
+        let n = tcp.read(&mut buf).await.expect("read");
+        assert!(n > 0, "stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(tcp);
+    let s = eventually(&server, "the stream is recorded", |s| {
+        active(s, "GET") == 0.0
+    })
+    .await;
+    assert_eq!(requests(&s, "/stream", "GET", "499"), 1.0);
+    assert_eq!(requests(&s, "/stream", "GET", "200"), 0.0);
+    let sent = value(
+        &s,
+        "http_server_response_body_size_bytes_sum",
+        &[
+            ("http_route", "/stream"),
+            ("http_response_status_code", "499"),
+        ],
+    );
+    assert!(
+        sent >= 8.0 && sent < 8890.0,
+        "bytes written before the drop: {sent}"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_500() {
+    let server = start("panics");
+    let result = client().get(url(&server, "/panic")).send().await;
+    assert!(
+        result.is_err(),
+        "actix drops the connection of a panicked handler"
+    );
+    let s = eventually(&server, "the panic is recorded", |s| {
+        requests(s, "/panic", "GET", "500") == 1.0
+    })
+    .await;
+    assert_eq!(active(&s, "GET"), 0.0);
+    // The worker was restarted; the server still answers.
+    assert_eq!(send(&server, "GET", "/health").await, 200);
+}
+
+#[tokio::test]
+async fn an_inner_error_is_recorded_with_the_status_actix_sends() {
+    let server = start("errors");
+    assert_eq!(send(&server, "GET", "/forbidden/1").await, 403);
+    assert_eq!(send(&server, "GET", "/forbidden/2").await, 403);
+    assert_eq!(send(&server, "GET", "/unavailable").await, 503);
+    let s = scrape(&server).await;
+    assert_eq!(requests(&s, "/forbidden/{id}", "GET", "403"), 2.0);
+    assert_eq!(requests(&s, "/unavailable", "GET", "503"), 1.0);
+    assert_eq!(active(&s, "GET"), 0.0);
+}
+
+#[tokio::test]
+async fn a_streamed_response_is_timed_to_its_last_chunk() {
+    let server = start("streaming");
+    let body = client()
+        .get(url(&server, "/stream?chunks=5&delay_ms=40"))
+        .send()
+        .await
+        .expect("response")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+    let s = scrape(&server).await;
+    let labels = [
+        ("http_route", "/stream"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(
+        value(&s, "http_server_request_duration_seconds_count", &labels),
+        1.0
+    );
+    let seconds = value(&s, "http_server_request_duration_seconds_sum", &labels);
+    assert!(seconds >= 0.160, "4 delays of 40 ms, recorded {seconds} s");
+    assert_eq!(
+        value(&s, "http_server_response_body_size_bytes_sum", &labels),
+        40.0
+    );
+}
+
+#[tokio::test]
+async fn the_active_gauge_counts_in_flight_requests_and_returns_to_zero() {
+    let server = start("gauge");
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let url = url(&server, "/slow?ms=3000");
+        slow.push(tokio::spawn(async move { client().get(url).send().await }));
+    }
+    // The scrape itself is in flight while it encodes: excluded, it never shows here.
+    eventually(&server, "four requests in flight", |s| {
+        active(s, "GET") == 4.0
+    })
+    .await;
+    for request in slow {
+        let res = request.await.expect("task").expect("response");
+        assert_eq!(res.status(), 200);
+        res.bytes().await.expect("body");
+    }
+    let s = scrape(&server).await;
+    assert_eq!(active(&s, "GET"), 0.0);
+    assert_eq!(requests(&s, "/slow", "GET", "200"), 4.0);
+}
+
+#[tokio::test]
+async fn body_sizes_are_the_bytes_transferred() {
+    let server = start("sizes");
+    let res = client()
+        .post(url(&server, "/upload"))
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(res.text().await.expect("body"), "read 1000 bytes\n");
+    // A chunked upload, in three pieces.
+    let pieces: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from(vec![1; 300])),
+        Ok(Bytes::from(vec![2; 200])),
+        Ok(Bytes::from(vec![3; 24])),
+    ];
+    let res = client()
+        .post(url(&server, "/upload"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .expect("chunked upload");
+    assert_eq!(res.text().await.expect("body"), "read 524 bytes\n");
+    // The handler never reads this body: nothing was transferred to it.
+    let res = client()
+        .post(url(&server, "/ignore-body"))
+        .body(vec![b'y'; 500])
+        .send()
+        .await
+        .expect("ignored upload");
+    assert_eq!(res.text().await.expect("body"), "ignored");
+    let s = scrape(&server).await;
+    let upload = [
+        ("http_route", "/upload"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(
+        value(&s, "http_server_request_body_size_bytes_sum", &upload),
+        1524.0
+    );
+    assert_eq!(
+        value(&s, "http_server_request_body_size_bytes_count", &upload),
+        2.0
+    );
+    let sent = "read 1000 bytes\n".len() + "read 524 bytes\n".len();
+    assert_eq!(
+        value(&s, "http_server_response_body_size_bytes_sum", &upload),
+        sent as f64
+    );
+    let ignored = [("http_route", "/ignore-body")];
+    assert_eq!(
+        value(&s, "http_server_request_body_size_bytes_sum", &ignored),
+        0.0
+    );
+    assert_eq!(
+        value(&s, "http_server_response_body_size_bytes_sum", &ignored),
+        7.0
+    );
+    // GET requests have no payload at all.
+    assert_eq!(send(&server, "GET", "/users/1").await, 200);
+    let s = scrape(&server).await;
+    let users = [("http_route", "/users/{id}")];
+    assert_eq!(
+        value(&s, "http_server_request_body_size_bytes_sum", &users),
+        0.0
+    );
+    assert_eq!(
+        value(&s, "http_server_response_body_size_bytes_sum", &users),
+        5.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_gzipped_only_when_the_scraper_asks() {
+    let server = start("gzip");
+    assert_eq!(send(&server, "GET", "/users/1").await, 200);
+    let get = |accept: Option<&'static str>| {
+        let mut req = client().get(url(&server, "/metrics"));
+        if let Some(accept) = accept {
+            req = req.header("accept-encoding", accept);
+        }
+        req.send()
+    };
+    let plain = get(None).await.expect("plain");
+    assert_eq!(plain.status(), 200);
+    assert_eq!(
+        plain.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    assert_eq!(plain.headers()["vary"], "accept-encoding");
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.text().await.expect("text");
+    assert!(plain.contains("http_server_requests_total{"));
+
+    let gzipped = get(Some("br, gzip;q=0.8")).await.expect("gzipped");
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    assert_eq!(gzipped.headers()["vary"], "accept-encoding");
+    assert_eq!(
+        gzipped.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let bytes = gzipped.bytes().await.expect("bytes");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut text)
+        .expect("valid gzip");
+    assert!(text.contains(
+        r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="gzip"} 1"#
+    ));
+
+    let refused = get(Some("gzip;q=0, identity")).await.expect("refused");
+    assert!(refused.headers().get("content-encoding").is_none());
+    let head = client()
+        .head(url(&server, "/metrics"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), 200);
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_exposition() {
+    let observe = Observe::builder("promtool")
+        .const_label("region", "eu-west-1")
+        .expect("label")
+        .build()
+        .expect("observe");
+    let server = serve(observe);
+    for path in [
+        "/users/1",
+        "/api/v3/items/4",
+        "/nowhere",
+        "/forbidden/9",
+        "/stream?chunks=2",
+    ] {
+        send(&server, "GET", path).await;
+    }
+    send(&server, "BREW", "/users/1").await;
+    let text = client()
+        .get(url(&server, "/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains(r#"region="eu-west-1""#));
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package `prometheus`)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn excluded_routes_are_not_recorded_at_all() {
+    let observe = Observe::builder("excluded")
+        .exclude_routes(["/metrics", "/healthz", "/jobs/{id}"])
+        .build()
+        .expect("observe");
+    let server = serve(observe);
+    assert_eq!(send(&server, "GET", "/healthz").await, 200);
+    assert_eq!(send(&server, "GET", "/jobs/12").await, 200);
+    assert_eq!(send(&server, "GET", "/health").await, 200);
+    let s = scrape(&server).await;
+    let routes: Vec<&str> = s
+        .iter()
+        .filter(|x| x.name == "http_server_requests_total")
+        .filter_map(|x| x.label("http_route"))
+        .collect();
+    assert_eq!(routes, vec!["/health"]);
+    assert_eq!(active(&s, "GET"), 0.0);
+}
+
+#[tokio::test]
+async fn services_share_a_registry_with_the_applications_metrics() {
+    let registry = prometheus::Registry::new();
+    let jobs = prometheus::IntCounter::new("app_jobs_total", "Jobs the app ran.").expect("counter");
+    registry.register(Box::new(jobs.clone())).expect("register");
+    jobs.inc_by(3);
+    let observe = Observe::builder("shared")
+        .registry(registry.clone())
+        .build()
+        .expect("observe");
+    assert!(
+        Observe::builder("shared")
+            .registry(registry)
+            .build()
+            .is_err(),
+        "a service name registers once per registry"
+    );
+    let server = serve(observe);
+    assert_eq!(send(&server, "GET", "/health").await, 200);
+    let s = scrape(&server).await;
+    assert_eq!(value(&s, "app_jobs_total", &[]), 3.0);
+    assert_eq!(requests(&s, "/health", "GET", "200"), 1.0);
+    assert_eq!(server.observe.metrics().service(), "shared");
+}

@@ -1,0 +1,76 @@
+use thiserror::Error;
+
+/// Why a `/debug/pprof` request got no profile. Each becomes a one-line `text/plain` answer
+/// with `X-Go-Pprof: 1` (so `go tool pprof` prints it) and the status of [`status`](Self::status).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PprofError {
+    /// `seconds` was not an integer in range.
+    #[error("seconds must be an integer from 1 to {max}, got {value:?}")]
+    InvalidSeconds {
+        /// The value as given (shortened).
+        value: String,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// `frequency` was not an integer in range.
+    #[error("frequency must be an integer from 1 to 1000 (Hz), got {value:?}")]
+    InvalidFrequency {
+        /// The value as given (shortened).
+        value: String,
+    },
+    /// The builder was given a maximum of 0 seconds.
+    #[error("max_seconds must be at least 1, got {0}")]
+    InvalidMaxSeconds(u64),
+    /// An empty bearer token would let anyone in.
+    #[error("the bearer token must not be empty")]
+    EmptyToken,
+    /// Another CPU profile is running in this process.
+    #[error("profiling is already in use: one CPU profile runs at a time per process; retry when it ends")]
+    Busy,
+    /// Another heap dump is being written.
+    #[error("a heap profile is already being written; retry in a moment")]
+    HeapBusy,
+    /// No such profile at this server.
+    #[error("unknown profile {name:?}: this server serves {served} (see /debug/pprof/)")]
+    UnknownProfile {
+        /// The name asked for (shortened).
+        name: String,
+        /// The profiles this build serves, comma-separated.
+        served: String,
+    },
+    /// `/debug/pprof/cmdline` was asked for but is off.
+    #[error("cmdline is disabled: command-line arguments can hold secrets; enable it with Pprof::builder().cmdline(true)")]
+    CmdlineDisabled,
+    /// Heap profiling is not available in this binary or process; the message says how to
+    /// enable it.
+    #[error("{0}")]
+    HeapUnavailable(String),
+    /// The client went away before the profile was complete.
+    #[error("the client went away; profiling stopped early")]
+    Cancelled,
+    /// pprof-rs could not start or read the sampler.
+    #[error("CPU profiler failed: {0}")]
+    Sampler(String),
+    /// Writing the profile failed.
+    #[error("could not encode the profile: {0}")]
+    Encode(String),
+}
+
+impl PprofError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            PprofError::InvalidSeconds { .. }
+            | PprofError::InvalidFrequency { .. }
+            | PprofError::InvalidMaxSeconds(_)
+            | PprofError::EmptyToken => 400,
+            PprofError::Busy | PprofError::HeapBusy => 409,
+            PprofError::UnknownProfile { .. } | PprofError::CmdlineDisabled => 404,
+            PprofError::HeapUnavailable(_) => 501,
+            // nginx's "client closed request": nobody reads it, but logs do.
+            PprofError::Cancelled => 499,
+            PprofError::Sampler(_) | PprofError::Encode(_) => 500,
+        }
+    }
+}

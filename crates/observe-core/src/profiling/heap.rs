@@ -1,0 +1,68 @@
+//! `/debug/pprof/heap`: jemalloc's sampling heap profiler, through `jemalloc_pprof`.
+
+use crate::profiling::error::PprofError;
+
+/// What a process needs for heap profiles; repeated in every "unavailable" answer.
+pub(crate) const HOW_TO_ENABLE: &str = "build with observe's `heap` feature, make \
+`observe_core::profiling::Jemalloc` the #[global_allocator], and start the process with \
+_RJEM_MALLOC_CONF=prof:true,prof_active:true,lg_prof_sample:19 (or export `_rjem_malloc_conf` \
+with that value, as examples/axum does); see docs/pprof.md";
+
+/// Whether this process can produce a heap profile now; `Err` says why not and what to do.
+#[cfg(feature = "heap")]
+pub(crate) fn availability() -> Result<(), PprofError> {
+    use tikv_jemalloc_ctl::{epoch, profiling, stats};
+
+    let unavailable = |why: &str| {
+        Err(PprofError::HeapUnavailable(format!(
+            "heap profiling is unavailable: {why}; {HOW_TO_ENABLE}"
+        )))
+    };
+    match profiling::prof::read() {
+        Ok(true) => {}
+        Ok(false) => return unavailable("jemalloc runs without `prof:true`"),
+        Err(e) => return unavailable(&format!("jemalloc cannot report `opt.prof` ({e})")),
+    }
+    // jemalloc is linked, but is it the allocator? If Rust allocates elsewhere, jemalloc
+    // has seen (almost) nothing and the profile would be empty.
+    let allocated = epoch::advance().and_then(|_| stats::allocated::read());
+    match allocated {
+        Ok(bytes) if bytes > 0 => {}
+        _ => return unavailable("jemalloc is linked but is not the global allocator"),
+    }
+    match jemalloc_pprof::PROF_CTL.as_ref() {
+        Some(ctl) => match ctl.try_lock() {
+            Ok(ctl) if ctl.activated() => Ok(()),
+            Ok(_) => unavailable("jemalloc's sampling is inactive (`prof_active:false`)"),
+            // Someone is dumping right now: it is available.
+            Err(_) => Ok(()),
+        },
+        None => unavailable("jemalloc runs without `prof:true`"),
+    }
+}
+
+#[cfg(not(feature = "heap"))]
+pub(crate) fn availability() -> Result<(), PprofError> {
+    Err(PprofError::HeapUnavailable(format!(
+        "heap profiling is unavailable: this binary was built without it; {HOW_TO_ENABLE}"
+    )))
+}
+
+/// Dumps jemalloc's sampled live allocations as a gzipped pprof protobuf
+/// (`inuse_space`, bytes), symbolized. Blocks: call it off the async workers.
+#[cfg(feature = "heap")]
+pub(crate) fn dump() -> Result<Vec<u8>, PprofError> {
+    availability()?;
+    let ctl = jemalloc_pprof::PROF_CTL
+        .as_ref()
+        .ok_or_else(|| PprofError::HeapUnavailable(HOW_TO_ENABLE.to_owned()))?;
+    // `try_lock`: never block (nor panic, as `blocking_lock` would on an async worker).
+    let mut ctl = ctl.try_lock().map_err(|_| PprofError::HeapBusy)?;
+    ctl.dump_pprof()
+        .map_err(|e| PprofError::Encode(e.to_string()))
+}
+
+#[cfg(not(feature = "heap"))]
+pub(crate) fn dump() -> Result<Vec<u8>, PprofError> {
+    availability().map(|()| Vec::new())
+}

@@ -1,0 +1,468 @@
+//! `/debug/pprof/*`, once for every framework: CPU profiles `go tool pprof` reads, flame
+//! graphs, jemalloc heap profiles and an index page, with bounds, one profile at a time and
+//! an access rule in front.
+//!
+//! Adapters (`observe-tower`, `observe-actix`) mount [`Pprof`] under `/debug/pprof` and
+//! translate: the request into an [`AccessRequest`], the answer ([`DebugResponse`]) into their
+//! response type. Work that blocks (sampling for N seconds, symbolizing, encoding) comes back
+//! as a [`ProfileJob`] to run on a blocking thread:
+//!
+//! ```
+//! use observe_core::profiling::{AccessRequest, Pprof, PprofRequest};
+//!
+//! let pprof = Pprof::new(); // loopback clients only, at most 60 s, no cmdline
+//! let req = AccessRequest::new("/debug/pprof/profile", Some([127, 0, 0, 1].into()));
+//! let answer = match pprof.handle(&req, "profile", Some("seconds=1&frequency=99")) {
+//!     PprofRequest::Ready(answer) => answer, // index, errors, 409
+//!     PprofRequest::Blocking(job) => {
+//!         // Keep this in the handler's future: dropped (client gone), it stops the job.
+//!         let _cancel = job.cancel_on_drop();
+//!         std::thread::spawn(move || job.run()).join().unwrap() // spawn_blocking, web::block
+//!     }
+//! };
+//! assert_eq!(answer.status, 200);
+//! assert_eq!(answer.content_type, "application/octet-stream");
+//! assert_eq!(&answer.body[..2], &[0x1f, 0x8b]); // gzip
+//! ```
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `/debug/pprof/` | HTML index of what this process serves |
+//! | `/debug/pprof/profile?seconds=30&frequency=99` | gzipped pprof CPU profile |
+//! | `/debug/pprof/flamegraph?seconds=30&frequency=99` | SVG flame graph of a CPU profile |
+//! | `/debug/pprof/heap` | gzipped pprof heap profile (`heap` feature + jemalloc) |
+//! | `/debug/pprof/cmdline` | the command line, NUL-separated (off unless enabled) |
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+mod access;
+mod cpu;
+mod error;
+mod heap;
+mod index;
+mod params;
+mod response;
+
+pub use access::{Access, AccessRequest};
+pub use cpu::{CpuProfile, CpuProfiler};
+pub use error::PprofError;
+pub use params::{
+    ProfileParams, DEFAULT_FREQUENCY, DEFAULT_MAX_SECONDS, DEFAULT_SECONDS, MAX_FREQUENCY,
+};
+pub use response::DebugResponse;
+
+/// jemalloc as Rust's global allocator, built with its heap profiler (the `heap` feature):
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOC: observe_core::profiling::Jemalloc = observe_core::profiling::Jemalloc;
+/// ```
+#[cfg(feature = "heap")]
+pub use tikv_jemallocator::Jemalloc;
+
+/// The route templates adapters register, in the framework-neutral `{name}` syntax. They are
+/// excluded from the RED metrics by default, as `/metrics` is.
+pub const PPROF_ROUTES: [&str; 3] = ["/debug/pprof", "/debug/pprof/", "/debug/pprof/{profile}"];
+
+/// The configured `/debug/pprof` endpoints. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Pprof {
+    config: Arc<Config>,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    max_seconds: u64,
+    cmdline: bool,
+    access: Access,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_seconds: DEFAULT_MAX_SECONDS,
+            cmdline: false,
+            access: Access::default(),
+        }
+    }
+}
+
+/// Configures [`Pprof`].
+///
+/// ```
+/// use observe_core::profiling::{Access, Pprof};
+///
+/// let pprof = Pprof::builder()
+///     .access(Access::bearer_token("s3cret")?)
+///     .max_seconds(120)?
+///     .cmdline(true)
+///     .build();
+/// # Ok::<(), observe_core::profiling::PprofError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct PprofBuilder {
+    config: Config,
+}
+
+impl PprofBuilder {
+    /// Who may use the endpoints; default [`Access::loopback_only`].
+    pub fn access(mut self, access: Access) -> Self {
+        self.config.access = access;
+        self
+    }
+
+    /// Shorthand for `.access(Access::anyone())`: for routes already only reachable by the
+    /// people who should use them (a loopback admin listener, a private port).
+    pub fn anyone(self) -> Self {
+        self.access(Access::anyone())
+    }
+
+    /// The longest CPU profile a request may ask for (default 60 s).
+    pub fn max_seconds(mut self, seconds: u64) -> Result<Self, PprofError> {
+        if seconds == 0 {
+            return Err(PprofError::InvalidMaxSeconds(seconds));
+        }
+        self.config.max_seconds = seconds;
+        Ok(self)
+    }
+
+    /// Serves `/debug/pprof/cmdline` (default off: arguments can hold secrets).
+    pub fn cmdline(mut self, enabled: bool) -> Self {
+        self.config.cmdline = enabled;
+        self
+    }
+
+    /// The configured endpoints.
+    pub fn build(self) -> Pprof {
+        Pprof {
+            config: Arc::new(self.config),
+        }
+    }
+}
+
+/// What a `/debug/pprof` request needs from the adapter.
+#[derive(Debug)]
+#[must_use]
+pub enum PprofRequest {
+    /// The answer, at once (the index, `cmdline`, any error, 409).
+    Ready(DebugResponse),
+    /// Blocking work: run [`ProfileJob::run`] on a blocking thread.
+    Blocking(ProfileJob),
+}
+
+/// A profile to take, off the async workers. For a CPU profile it already holds the process's
+/// profiler, so a concurrent request has been answered 409.
+#[derive(Debug)]
+pub struct ProfileJob {
+    work: Work,
+    cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+enum Work {
+    Cpu {
+        profiler: CpuProfiler,
+        params: ProfileParams,
+        flamegraph: bool,
+    },
+    Heap,
+}
+
+/// Stops the [`ProfileJob`] it came from when dropped. Keep it in the request's future:
+/// a client that disconnects drops the future, and the profiler is free again within ~25 ms.
+#[derive(Debug)]
+pub struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl ProfileJob {
+    /// A guard that stops this job when dropped (harmless once the job is done).
+    pub fn cancel_on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(self.cancel.clone())
+    }
+
+    /// Takes the profile and encodes it. Blocks for the profile's duration.
+    pub fn run(self) -> DebugResponse {
+        let result = match self.work {
+            Work::Cpu {
+                profiler,
+                params,
+                flamegraph,
+            } => profiler.record(params, &self.cancel).and_then(|profile| {
+                if flamegraph {
+                    profile
+                        .to_flamegraph()
+                        .map(|svg| DebugResponse::ok("image/svg+xml", svg))
+                } else {
+                    profile
+                        .to_pprof()
+                        .map(|pb| DebugResponse::attachment(pb, "profile"))
+                }
+            }),
+            Work::Heap => heap::dump().map(|pb| DebugResponse::attachment(pb, "heap")),
+        };
+        result.unwrap_or_else(DebugResponse::from)
+    }
+}
+
+impl Pprof {
+    /// The defaults: loopback clients only, CPU profiles up to 60 s, no `cmdline`.
+    pub fn new() -> Self {
+        Pprof::default()
+    }
+
+    /// Configures access, bounds and `cmdline`.
+    pub fn builder() -> PprofBuilder {
+        PprofBuilder::default()
+    }
+
+    /// The longest CPU profile a request may ask for, in seconds.
+    pub fn max_seconds(&self) -> u64 {
+        self.config.max_seconds
+    }
+
+    /// Answers `GET /debug/pprof/{profile}`; `profile` is `""` for the index. `query` is the
+    /// raw query string. The access rule is checked first, before anything else happens.
+    pub fn handle(
+        &self,
+        req: &AccessRequest<'_>,
+        profile: &str,
+        query: Option<&str>,
+    ) -> PprofRequest {
+        if let Err(denied) = self.config.access.check(req) {
+            return PprofRequest::Ready(denied);
+        }
+        let work = match profile {
+            "" => return PprofRequest::Ready(self.index(req.header("host"))),
+            "profile" | "flamegraph" => {
+                let params = match ProfileParams::parse(query, self.config.max_seconds) {
+                    Ok(params) => params,
+                    Err(e) => return PprofRequest::Ready(e.into()),
+                };
+                match CpuProfiler::acquire() {
+                    Ok(profiler) => Work::Cpu {
+                        profiler,
+                        params,
+                        flamegraph: profile == "flamegraph",
+                    },
+                    Err(e) => return PprofRequest::Ready(e.into()),
+                }
+            }
+            "heap" => match heap::availability() {
+                Ok(()) => Work::Heap,
+                Err(e) => return PprofRequest::Ready(e.into()),
+            },
+            "cmdline" if self.config.cmdline => {
+                let args: Vec<String> = std::env::args().collect();
+                return PprofRequest::Ready(DebugResponse::ok(
+                    response::TEXT,
+                    args.join("\0").into_bytes(),
+                ));
+            }
+            "cmdline" => return PprofRequest::Ready(PprofError::CmdlineDisabled.into()),
+            other => {
+                let served = self.served().join(", ");
+                let name: String = other.chars().take(40).filter(|c| !c.is_control()).collect();
+                return PprofRequest::Ready(PprofError::UnknownProfile { name, served }.into());
+            }
+        };
+        PprofRequest::Blocking(ProfileJob {
+            work,
+            cancel: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Where a request for the index without its trailing slash (`/debug/pprof`) is sent, so
+    /// the page's relative links resolve.
+    pub fn redirect_to_index() -> DebugResponse {
+        let mut response = DebugResponse::ok(response::TEXT, b"see /debug/pprof/\n".to_vec());
+        response.status = 308;
+        response.headers.push(("location", "pprof/".to_owned()));
+        response
+    }
+
+    fn served(&self) -> Vec<&'static str> {
+        let mut names = vec!["profile", "flamegraph"];
+        if heap::availability().is_ok() {
+            names.push("heap");
+        }
+        if self.config.cmdline {
+            names.push("cmdline");
+        }
+        names
+    }
+
+    fn index(&self, host: Option<&str>) -> DebugResponse {
+        let max = self.config.max_seconds;
+        let cpu_seconds = DEFAULT_SECONDS.min(max);
+        let flame_seconds = 10.min(max);
+        let mut entries = vec![
+            index::Entry {
+                name: "profile",
+                href: "profile",
+                description: "CPU profile in pprof format (30 s by default). Open with <code>go tool pprof</code>.",
+                seconds: Some(cpu_seconds),
+            },
+            index::Entry {
+                name: "flamegraph",
+                href: "flamegraph?seconds=10",
+                description: "The same CPU profile as an interactive SVG flame graph: click to zoom, Ctrl+F to search.",
+                seconds: Some(flame_seconds),
+            },
+        ];
+        let heap = heap::availability();
+        if heap.is_ok() {
+            entries.push(index::Entry {
+                name: "heap",
+                href: "heap",
+                description: "Live heap allocations sampled by jemalloc, in pprof format (<code>inuse_space</code>).",
+                seconds: None,
+            });
+        }
+        if self.config.cmdline {
+            entries.push(index::Entry {
+                name: "cmdline",
+                href: "cmdline",
+                description: "The command line of this process, arguments separated by NUL bytes.",
+                seconds: None,
+            });
+        }
+        let note = heap.err().map(|e| e.to_string());
+        let html = index::render(&entries, max, note.as_deref(), host);
+        DebugResponse::ok("text/html; charset=utf-8", html.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> AccessRequest<'static> {
+        AccessRequest::new("/debug/pprof/x", Some([127, 0, 0, 1].into()))
+    }
+
+    fn ready(r: PprofRequest) -> DebugResponse {
+        match r {
+            PprofRequest::Ready(r) => r,
+            PprofRequest::Blocking(_) => panic!("expected an immediate answer"),
+        }
+    }
+
+    fn has_go_pprof_header(r: &DebugResponse) -> bool {
+        r.headers
+            .iter()
+            .any(|(k, v)| *k == "x-go-pprof" && v == "1")
+    }
+
+    #[test]
+    fn bad_parameters_are_400_plain_text_for_go_tool_pprof() {
+        let pprof = Pprof::new();
+        for (profile, query) in [
+            ("profile", "seconds=0"),
+            ("profile", "seconds=61"),
+            ("profile", "seconds=x"),
+            ("flamegraph", "frequency=1001"),
+            ("flamegraph", "frequency=0.5"),
+        ] {
+            let r = ready(pprof.handle(&local(), profile, Some(query)));
+            assert_eq!(r.status, 400, "{profile}?{query}");
+            assert_eq!(r.content_type, "text/plain; charset=utf-8");
+            assert!(has_go_pprof_header(&r));
+            assert_eq!(r.text().lines().count(), 1, "{}", r.text());
+        }
+    }
+
+    #[test]
+    fn unknown_profiles_and_disabled_cmdline_are_404() {
+        let pprof = Pprof::new();
+        for name in ["goroutine", "symbol", "trace", "cmdline", "../metrics"] {
+            let r = ready(pprof.handle(&local(), name, None));
+            assert_eq!(r.status, 404, "{name}");
+            assert!(has_go_pprof_header(&r));
+        }
+        let r = ready(pprof.handle(&local(), "goroutine", None));
+        assert!(r.text().contains("profile, flamegraph"), "{}", r.text());
+    }
+
+    #[test]
+    fn cmdline_when_enabled_is_nul_separated() {
+        let pprof = Pprof::builder().cmdline(true).build();
+        let r = ready(pprof.handle(&local(), "cmdline", None));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.split(|b| *b == 0).count(), std::env::args().count());
+    }
+
+    #[test]
+    fn access_is_checked_before_anything_else() {
+        let pprof = Pprof::builder()
+            .access(Access::bearer_token("t").unwrap())
+            .build();
+        let remote = AccessRequest::new("/debug/pprof/profile", Some([192, 0, 2, 1].into()));
+        // Even a request that would be a 400 or 404 learns nothing but 401.
+        for (profile, query) in [("profile", "seconds=0"), ("nope", ""), ("", "")] {
+            assert_eq!(
+                ready(pprof.handle(&remote, profile, Some(query))).status,
+                401
+            );
+        }
+        let remote = AccessRequest::new("/debug/pprof/", Some([192, 0, 2, 1].into()));
+        assert_eq!(ready(Pprof::new().handle(&remote, "", None)).status, 403);
+    }
+
+    #[test]
+    fn max_seconds_is_configurable_and_never_zero() {
+        let pprof = Pprof::builder().max_seconds(5).unwrap().build();
+        let r = ready(pprof.handle(&local(), "profile", Some("seconds=6")));
+        assert_eq!(r.status, 400);
+        assert!(r.text().contains("from 1 to 5"), "{}", r.text());
+        assert!(Pprof::builder().max_seconds(0).is_err());
+    }
+
+    #[test]
+    fn a_second_cpu_profile_while_one_runs_is_409_and_cancel_frees_it() {
+        let pprof = Pprof::new();
+        let PprofRequest::Blocking(job) = pprof.handle(&local(), "profile", Some("seconds=30"))
+        else {
+            panic!("a CPU profile is blocking work")
+        };
+        for profile in ["profile", "flamegraph"] {
+            let r = ready(pprof.handle(&local(), profile, Some("seconds=1")));
+            assert_eq!(r.status, 409);
+            assert!(r.text().contains("profiling is already in use"));
+            assert!(has_go_pprof_header(&r));
+        }
+        let cancel = job.cancel_on_drop();
+        let running = std::thread::spawn(move || job.run());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(cancel);
+        assert_eq!(running.join().unwrap().status, 499);
+        // Free again: the next request gets the profiler.
+        assert!(matches!(
+            pprof.handle(&local(), "profile", Some("seconds=1")),
+            PprofRequest::Blocking(_)
+        ));
+    }
+
+    #[test]
+    fn the_index_links_only_what_is_served() {
+        let r = ready(Pprof::new().handle(&local(), "", None));
+        let html = r.text();
+        assert!(html.contains(r#"href="profile""#));
+        assert!(html.contains(r#"href="flamegraph?seconds=10""#));
+        assert!(!html.contains(r#"href="cmdline""#));
+        assert_eq!(
+            html.contains(r#"href="heap""#),
+            heap::availability().is_ok()
+        );
+        let with_cmdline = Pprof::builder().cmdline(true).build();
+        assert!(ready(with_cmdline.handle(&local(), "", None))
+            .text()
+            .contains(r#"href="cmdline""#));
+    }
+}

@@ -1,0 +1,132 @@
+//! `/debug/pprof/*` for axum: mounts observe-core's [`Pprof`] (see `docs/pprof.md`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use http::header::CONTENT_TYPE;
+use http::{HeaderName, HeaderValue, StatusCode};
+use observe_core::profiling::{AccessRequest, DebugResponse, Pprof, PprofRequest};
+
+use crate::layer::ObserveLayer;
+
+impl ObserveLayer {
+    /// Serves `pprof` under `/debug/pprof` from [`routes`](Self::routes) instead of the
+    /// default ([`Pprof::new`]: loopback clients only, at most 60 s, no `cmdline`).
+    ///
+    /// ```
+    /// use observe_tower::{Access, ObserveLayer, Pprof};
+    ///
+    /// let token = std::env::var("PPROF_TOKEN").unwrap_or_else(|_| "change-me".into());
+    /// let observe = ObserveLayer::new("checkout")
+    ///     .with_pprof(Pprof::builder().access(Access::bearer_token(token)?).build());
+    /// # Ok::<(), observe_tower::core::profiling::PprofError>(())
+    /// ```
+    pub fn with_pprof(mut self, pprof: Pprof) -> Self {
+        self.pprof = Some(pprof);
+        self
+    }
+
+    /// [`routes`](Self::routes) serves `/metrics` only; serve the profiles elsewhere, e.g.
+    /// with [`serve_pprof_on_loopback`](crate::serve_pprof_on_loopback).
+    pub fn without_pprof_routes(mut self) -> Self {
+        self.pprof = None;
+        self
+    }
+}
+
+/// An axum router serving `pprof` under `/debug/pprof` (what [`ObserveLayer::routes`] merges
+/// in), for mounting on a router of your own.
+///
+/// The client address the default access rule needs comes from axum's [`ConnectInfo`]: serve
+/// the app with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn pprof_router<S>(pprof: Pprof) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let index = pprof.clone();
+    Router::new()
+        .route(
+            "/debug/pprof",
+            get(|| async { into_response(Pprof::redirect_to_index()) }),
+        )
+        .route(
+            "/debug/pprof/",
+            get(move |req: Request| serve(index.clone(), String::new(), req)),
+        )
+        .route(
+            "/debug/pprof/{profile}",
+            get(move |Path(profile): Path<String>, req: Request| {
+                serve(pprof.clone(), profile, req)
+            }),
+        )
+}
+
+/// Serves `pprof` on `127.0.0.1:port` (port 0: any free one) from a spawned task, apart from
+/// the application's public listener, and returns the bound address. Reach it with
+/// `ssh -L 6060:127.0.0.1:6060 host`, or from the host itself.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// use observe_tower::{ObserveLayer, Pprof};
+///
+/// let observe = ObserveLayer::new("checkout").without_pprof_routes();
+/// let admin = observe_tower::serve_pprof_on_loopback(6060, Pprof::new()).await?;
+/// println!("pprof on http://{admin}/debug/pprof/");
+/// # Ok(()) }
+/// ```
+pub async fn serve_pprof_on_loopback(port: u16, pprof: Pprof) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+    let addr = listener.local_addr()?;
+    let app: Router = pprof_router(pprof);
+    tokio::spawn(async move {
+        // `axum::serve` only returns when the listener fails for good; the main service
+        // must not go down with its debug port, so there is nothing more to do here.
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    Ok(addr)
+}
+
+async fn serve(pprof: Pprof, profile: String, req: Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let mut access = AccessRequest::new(req.uri().path(), peer);
+    for (name, value) in req.headers() {
+        if let Ok(value) = value.to_str() {
+            access = access.with_header(name.as_str(), value);
+        }
+    }
+    let job = match pprof.handle(&access, &profile, req.uri().query()) {
+        PprofRequest::Ready(answer) => return into_response(answer),
+        PprofRequest::Blocking(job) => job,
+    };
+    // Dropped with this future when the client goes away: the profile stops early.
+    let _cancel = job.cancel_on_drop();
+    match tokio::task::spawn_blocking(move || job.run()).await {
+        Ok(answer) => into_response(answer),
+        Err(e) => into_response(DebugResponse::error(500, &format!("profiling failed: {e}"))),
+    }
+}
+
+fn into_response(answer: DebugResponse) -> Response {
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    for (name, value) in answer.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}

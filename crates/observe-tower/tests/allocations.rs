@@ -1,0 +1,133 @@
+//! Heap allocations per request, counted by a global allocator.
+//!
+//! The layer itself must allocate nothing once it has seen a route: measured around a
+//! minimal `tower::service_fn`. Through axum's `Router::layer`, axum boxes every layered
+//! route's future and response body; that structural cost is measured and pinned too, so a
+//! change that adds to it fails here.
+
+// A counting allocator has to implement the unsafe `GlobalAlloc` trait.
+#![allow(unsafe_code)]
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use observe_tower::ObserveLayer;
+use tower::{Service, ServiceExt};
+
+struct Counting;
+
+thread_local! {
+    // Per thread, so other tests and the harness do not count; const so it never allocates.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const REQUESTS: u64 = 1000;
+
+/// Allocations per request of `svc` serving `make_request()`, after 100 warm-up requests.
+fn allocations_per_request<S, ReqB, ResB>(
+    mut svc: S,
+    make_request: impl Fn() -> Request<ReqB>,
+) -> f64
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>, Error = Infallible>,
+    ResB: http_body::Body,
+    ResB::Error: std::fmt::Debug,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        drive(&mut svc, (0..100).map(|_| make_request()).collect()).await;
+        let allocations = drive(&mut svc, (0..REQUESTS).map(|_| make_request()).collect()).await;
+        allocations as f64 / REQUESTS as f64
+    })
+}
+
+/// Serves `requests` one by one, each read to the end of its body; returns the allocations.
+async fn drive<S, ReqB, ResB>(svc: &mut S, requests: Vec<Request<ReqB>>) -> u64
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>, Error = Infallible>,
+    ResB: http_body::Body,
+    ResB::Error: std::fmt::Debug,
+{
+    let before = allocations();
+    for req in requests {
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        let mut body = std::pin::pin!(res.into_body());
+        while let Some(frame) = body.frame().await {
+            drop(frame.unwrap());
+        }
+    }
+    allocations() - before
+}
+
+fn handler(
+) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> {
+    tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"user 42"))))
+    })
+}
+
+fn plain_request() -> Request<Full<Bytes>> {
+    Request::get("/users/42").body(Full::default()).unwrap()
+}
+
+#[test]
+fn the_layer_allocates_nothing_on_a_seen_route() {
+    let bare = allocations_per_request(handler(), plain_request);
+    let layer = ObserveLayer::new("alloc").with_route_fn(|_| Some("/users/{id}"));
+    let observed = allocations_per_request(tower::Layer::layer(&layer, handler()), plain_request);
+    println!("service_fn: {bare} allocations/request bare, {observed} with ObserveLayer");
+    assert_eq!(observed - bare, 0.0);
+}
+
+#[test]
+fn through_axum_the_layer_adds_only_axums_boxing() {
+    let router = || Router::new().route("/users/{id}", get(|| async { "user 42" }));
+    let request = || Request::get("/users/42").body(Body::empty()).unwrap();
+    let bare = allocations_per_request(router(), request);
+
+    // Wrapped around the whole router the layer adds nothing (but sees no route template).
+    let layer = ObserveLayer::new("outside").with_route_fn(|_| Some("/users/{id}"));
+    let outside = allocations_per_request(tower::Layer::layer(&layer, router()), request);
+    assert_eq!(outside - bare, 0.0);
+
+    // Any layer on a Router costs axum boxes: it clones and boxes the layered route per call.
+    let noop = tower::util::MapRequestLayer::new(|req: Request<Body>| req);
+    let any_layer = allocations_per_request(router().layer(noop), request);
+    let observed = allocations_per_request(router().layer(ObserveLayer::new("alloc")), request);
+    println!(
+        "axum Router: {bare} allocations/request bare, {outside} with ObserveLayer around it, \
+         {any_layer} with a no-op Router::layer, {observed} with ObserveLayer as Router::layer"
+    );
+    // Beyond what any layer pays, axum boxes the layer's response body into its own `Body`.
+    assert_eq!(observed - any_layer, 2.0);
+}

@@ -1,0 +1,714 @@
+//! The metric contract (`docs/metrics.md`) for axum and hyper, over real TCP sockets.
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::{any, get, post};
+use axum::Router;
+use integration_tests::{parse_exposition, Sample};
+use observe_tower::{prometheus, ObserveLayer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type Params = Query<HashMap<String, u64>>;
+
+fn param(p: &Params, name: &str, default: u64) -> u64 {
+    p.0.get(name).copied().unwrap_or(default)
+}
+
+async fn slow(p: Params) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(param(&p, "ms", 0))).await;
+    "slept"
+}
+
+async fn stream(p: Params) -> Body {
+    let chunks = param(&p, "chunks", 3);
+    let delay = Duration::from_millis(param(&p, "delay_ms", 0));
+    Body::from_stream(futures_util::stream::unfold(0, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(delay).await;
+        }
+        Some((
+            Ok::<_, Infallible>(Bytes::from(format!("chunk {i}\n"))),
+            i + 1,
+        ))
+    }))
+}
+
+async fn panics() -> &'static str {
+    panic!("this handler panics on purpose")
+}
+
+/// The API every test serves: plain, nested, nest_service'd and streaming routes.
+fn api(observe: Option<&ObserveLayer>) -> Router {
+    let items = Router::new().route(
+        "/items/{id}",
+        get(|Path(id): Path<u32>| async move { format!("item {id}") }),
+    );
+    let mut things = Router::new().route("/things/{id}", get(|| async { "thing" }));
+    if let Some(observe) = observe {
+        things = things.layer(observe.clone());
+    }
+    Router::new()
+        .route(
+            "/users/{id}",
+            get(|Path(id): Path<u32>| async move { format!("user {id}") }),
+        )
+        .route("/echo", post(|body: Bytes| async move { body }))
+        .route("/slow", get(slow))
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "failed") }),
+        )
+        .route("/panic", get(panics))
+        .route("/stream", get(stream))
+        .route("/any", any(|| async { "any method" }))
+        .nest("/api", items)
+        .nest_service("/svc", things)
+}
+
+fn observed(observe: &ObserveLayer) -> Router {
+    api(Some(observe))
+        .merge(observe.routes())
+        .layer(observe.clone())
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn start() -> (ObserveLayer, SocketAddr) {
+    let observe = ObserveLayer::new("test");
+    let addr = serve(observed(&observe)).await;
+    (observe, addr)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn get_ok(addr: SocketAddr, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn scrape(addr: SocketAddr) -> Vec<Sample> {
+    let text = get_ok(addr, "/metrics").await.text().await.unwrap();
+    parse_exposition(&text)
+}
+
+/// Sum of the samples named `name` whose labels include all of `labels`.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+fn requests(samples: &[Sample], route: &str, method: &str, status: &str) -> f64 {
+    value(
+        samples,
+        "http_server_requests_total",
+        &[
+            ("http_route", route),
+            ("http_request_method", method),
+            ("http_response_status_code", status),
+        ],
+    )
+}
+
+/// Scrapes until `check` holds, at most 5 s (the record of a dropped connection lands a
+/// moment after the client gives up).
+async fn eventually(addr: SocketAddr, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    for _ in 0..100 {
+        let samples = scrape(addr).await;
+        if check(&samples) {
+            return samples;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    scrape(addr).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_are_exact_per_route_method_and_status() {
+    let (_observe, addr) = start().await;
+    for i in 0..7 {
+        assert_eq!(get_ok(addr, &format!("/users/{i}")).await.status(), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(get_ok(addr, "/fail").await.status(), 500);
+    }
+    for _ in 0..2 {
+        let res = client()
+            .post(format!("http://{addr}/echo"))
+            .body("hi")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let s = scrape(addr).await;
+    assert_eq!(requests(&s, "/users/{id}", "GET", "200"), 7.0);
+    assert_eq!(requests(&s, "/fail", "GET", "500"), 3.0);
+    assert_eq!(requests(&s, "/echo", "POST", "200"), 2.0);
+    assert_eq!(
+        value(
+            &s,
+            "http_server_request_duration_seconds_count",
+            &[("http_route", "/users/{id}")]
+        ),
+        7.0
+    );
+    assert_eq!(
+        value(&s, "http_server_requests_total", &[]),
+        12.0,
+        "every request once, /metrics excluded"
+    );
+    assert!(s
+        .iter()
+        .filter(|x| x.name == "http_server_requests_total")
+        .all(|x| x.label("service") == Some("test")));
+    // The bucket series are cumulative and end at the count.
+    assert_eq!(
+        value(
+            &s,
+            "http_server_request_duration_seconds_bucket",
+            &[("http_route", "/fail"), ("le", "+Inf")]
+        ),
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_routers_keep_their_full_templates() {
+    let (_observe, addr) = start().await;
+    for _ in 0..4 {
+        assert_eq!(get_ok(addr, "/api/items/9").await.status(), 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(get_ok(addr, "/svc/things/1").await.status(), 200);
+    }
+    let s = scrape(addr).await;
+    assert_eq!(requests(&s, "/api/items/{id}", "GET", "200"), 4.0);
+    assert_eq!(
+        requests(&s, "/svc/things/{id}", "GET", "200"),
+        2.0,
+        "nest_service router layered too"
+    );
+    assert_eq!(
+        value(&s, "http_server_requests_total", &[]),
+        6.0,
+        "recorded once, not once per layer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_junk_paths_stay_in_one_unmatched_series() {
+    let (_observe, addr) = start().await;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..1000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let path = format!("/wp-admin/{:x}/{}.php?x={}", seed, seed % 977, seed >> 40);
+        assert_eq!(get_ok(addr, &path).await.status(), 404);
+    }
+    let s = scrape(addr).await;
+    assert_eq!(requests(&s, "unmatched", "GET", "404"), 1000.0);
+    let series = s
+        .iter()
+        .filter(|x| x.name == "http_server_requests_total")
+        .count();
+    assert_eq!(series, 1, "one series whatever the paths");
+    assert!(!s
+        .iter()
+        .any(|x| x.labels.iter().any(|(_, v)| v.contains("wp-admin"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_are_recorded_as_other() {
+    let (_observe, addr) = start().await;
+    for m in ["PURGE", "BREW", "get"] {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        let res = client()
+            .request(method, format!("http://{addr}/any"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{m}");
+    }
+    let res = client()
+        .request(reqwest::Method::PATCH, format!("http://{addr}/any"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let s = scrape(addr).await;
+    assert_eq!(requests(&s, "/any", "_OTHER", "200"), 3.0);
+    assert_eq!(requests(&s, "/any", "PATCH", "200"), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            "http_server_active_requests",
+            &[("http_request_method", "_OTHER")]
+        ),
+        0.0
+    );
+}
+
+/// Sends a raw request and returns the open connection.
+async fn raw_request(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_stream_is_499() {
+    let (observe, addr) = start().await;
+    let mut conn = raw_request(addr, "/stream?chunks=200&delay_ms=10").await;
+    let mut buf = [0u8; 256];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(conn);
+    let s = eventually(addr, |s| requests(s, "/stream", "GET", "499") == 1.0).await;
+    assert_eq!(requests(&s, "/stream", "GET", "499"), 1.0);
+    assert_eq!(requests(&s, "/stream", "GET", "200"), 0.0);
+    assert_eq!(observe.metrics().active_requests("GET"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_before_the_response_is_499() {
+    let (observe, addr) = start().await;
+    let conn = raw_request(addr, "/slow?ms=30000").await;
+    // Wait until the request is in flight, then hang up.
+    for _ in 0..100 {
+        if observe.metrics().active_requests("GET") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(observe.metrics().active_requests("GET"), 1);
+    drop(conn);
+    let s = eventually(addr, |s| requests(s, "/slow", "GET", "499") == 1.0).await;
+    assert_eq!(requests(&s, "/slow", "GET", "499"), 1.0);
+    assert_eq!(observe.metrics().active_requests("GET"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_500() {
+    let (observe, addr) = start().await;
+    // The panic takes the connection down: the client sees an error, not a response.
+    assert!(client()
+        .get(format!("http://{addr}/panic"))
+        .send()
+        .await
+        .is_err());
+    let s = eventually(addr, |s| requests(s, "/panic", "GET", "500") == 1.0).await;
+    assert_eq!(requests(&s, "/panic", "GET", "500"), 1.0);
+    assert_eq!(observe.metrics().active_requests("GET"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inner_error_is_500_with_hyper() {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
+    let observe = ObserveLayer::new("hyper").with_route_fn(|parts| Some(parts.uri.path()));
+    let inner = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/broken" {
+            Err(std::io::Error::other("backend unavailable"))
+        } else {
+            Ok(http::Response::new(http_body_util::Full::new(
+                Bytes::from_static(b"fine"),
+            )))
+        }
+    });
+    let svc = tower::Layer::layer(&observe, inner);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (io, _) = listener.accept().await.unwrap();
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc),
+            );
+        }
+    });
+    assert!(client()
+        .get(format!("http://{addr}/broken"))
+        .send()
+        .await
+        .is_err());
+    let res = client()
+        .get(format!("http://{addr}/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), "fine");
+    let text = observe_tower::core::MetricsEncoder::new(observe.metrics().registry().clone())
+        .encode(None)
+        .unwrap();
+    let s = parse_exposition(std::str::from_utf8(&text.body).unwrap());
+    assert_eq!(requests(&s, "/broken", "GET", "500"), 1.0);
+    assert_eq!(requests(&s, "/ok", "GET", "200"), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            "http_server_response_body_size_bytes_sum",
+            &[("http_route", "/ok")]
+        ),
+        4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_is_timed_to_its_last_chunk() {
+    let (_observe, addr) = start().await;
+    let body = get_ok(addr, "/stream?chunks=5&delay_ms=100")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.lines().count(), 5);
+    let s = scrape(addr).await;
+    let sum = value(
+        &s,
+        "http_server_request_duration_seconds_sum",
+        &[("http_route", "/stream")],
+    );
+    // Four 100 ms pauses between five chunks: the recorded duration covers all of them.
+    assert!(
+        sum >= 0.4,
+        "recorded {sum} s for a stream that takes at least 0.4 s"
+    );
+    assert_eq!(
+        value(
+            &s,
+            "http_server_request_duration_seconds_bucket",
+            &[("http_route", "/stream"), ("le", "0.25")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "http_server_response_body_size_bytes_sum",
+            &[("http_route", "/stream")]
+        ),
+        body.len() as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_gauge_counts_in_flight_requests_and_returns_to_zero() {
+    let (_observe, addr) = start().await;
+    let slow = tokio::spawn(async move { get_ok(addr, "/slow?ms=800").await.status() });
+    let s = eventually(addr, |s| {
+        value(
+            s,
+            "http_server_active_requests",
+            &[("http_request_method", "GET")],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(
+        value(
+            &s,
+            "http_server_active_requests",
+            &[("http_request_method", "GET")]
+        ),
+        1.0
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+    let s = scrape(addr).await;
+    assert_eq!(
+        value(
+            &s,
+            "http_server_active_requests",
+            &[("http_request_method", "GET")]
+        ),
+        0.0
+    );
+    assert_eq!(requests(&s, "/slow", "GET", "200"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_sizes_are_the_bytes_transferred() {
+    let (_observe, addr) = start().await;
+    let payload = vec![b'x'; 1000];
+    let res = client()
+        .post(format!("http://{addr}/echo"))
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.bytes().await.unwrap().len(), 1000);
+    // A chunked upload, with no Content-Length to trust.
+    let chunks = futures_util::stream::iter((0..10).map(|_| Ok::<_, Infallible>(vec![b'y'; 300])));
+    let res = client()
+        .post(format!("http://{addr}/echo"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.bytes().await.unwrap().len(), 3000);
+    let s = scrape(addr).await;
+    let echo = [("http_route", "/echo")];
+    assert_eq!(
+        value(&s, "http_server_request_body_size_bytes_sum", &echo),
+        4000.0
+    );
+    assert_eq!(
+        value(&s, "http_server_response_body_size_bytes_sum", &echo),
+        4000.0
+    );
+    assert_eq!(
+        value(&s, "http_server_request_body_size_bytes_count", &echo),
+        2.0
+    );
+    // 1000 B falls in le=1024, 3000 B in le=4096.
+    assert_eq!(
+        value(
+            &s,
+            "http_server_request_body_size_bytes_bucket",
+            &[("http_route", "/echo"), ("le", "1024")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "http_server_request_body_size_bytes_bucket",
+            &[("http_route", "/echo"), ("le", "4096")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_gzipped_only_when_the_scraper_asks() {
+    let (_observe, addr) = start().await;
+    get_ok(addr, "/users/1").await;
+    let plain = get_ok(addr, "/metrics").await;
+    assert_eq!(
+        plain.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.text().await.unwrap();
+
+    let gz = client()
+        .get(format!("http://{addr}/metrics"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(gz.headers()["vary"], "accept-encoding");
+    let bytes = gz.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(bytes.len() < text.len());
+    let line = r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="test"} 1"#;
+    assert!(plain.contains(line) && text.contains(line));
+
+    let refused = client()
+        .get(format!("http://{addr}/metrics"))
+        .header("accept-encoding", "gzip;q=0, br")
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.headers().get("content-encoding").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_exposition() {
+    let (_observe, addr) = start().await;
+    for path in [
+        "/users/1",
+        "/fail",
+        "/api/items/2",
+        "/nope",
+        "/stream?chunks=2",
+    ] {
+        get_ok(addr, path).await;
+    }
+    let text = get_ok(addr, "/metrics").await.text().await.unwrap();
+    assert!(text.contains("process_resident_memory_bytes"));
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (apt-get install prometheus)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_share_a_registry_with_the_applications_metrics() {
+    let registry = prometheus::Registry::new();
+    let jobs = prometheus::IntCounter::new("app_jobs_total", "Jobs the application ran.").unwrap();
+    registry.register(Box::new(jobs.clone())).unwrap();
+    jobs.inc_by(3);
+    let public = ObserveLayer::builder("public").registry(registry.clone());
+    // Services sharing a registry share their constant label names (a Prometheus rule).
+    let public = public
+        .const_label("tier", "public")
+        .unwrap()
+        .build()
+        .unwrap();
+    let admin = ObserveLayer::builder("admin")
+        .registry(registry.clone())
+        .const_label("tier", "internal")
+        .unwrap()
+        .build()
+        .unwrap();
+    let again = ObserveLayer::builder("public")
+        .registry(registry.clone())
+        .const_label("tier", "public")
+        .unwrap()
+        .build();
+    assert!(
+        again.is_err(),
+        "the same service twice on one registry is refused"
+    );
+
+    let a = serve(api(None).merge(public.routes()).layer(public.clone())).await;
+    let b = serve(api(None).layer(admin.clone())).await;
+    get_ok(a, "/users/1").await;
+    get_ok(b, "/users/1").await;
+    get_ok(b, "/users/2").await;
+    let s = scrape(a).await;
+    assert_eq!(
+        value(
+            &s,
+            "http_server_requests_total",
+            &[("service", "public"), ("tier", "public")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "http_server_requests_total",
+            &[("service", "admin"), ("tier", "internal")]
+        ),
+        2.0
+    );
+    assert_eq!(value(&s, "app_jobs_total", &[]), 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_the_same_answers_with_and_without_the_layer() {
+    let (observe, with) = start().await;
+    let without = serve(api(None)).await;
+    let long_path = format!("/{}", "a".repeat(6000));
+    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+        ("GET", "/users/%ZZ".into(), vec![]),
+        ("GET", "/users/99999999999999999999".into(), vec![]),
+        ("GET", long_path, vec![]),
+        ("GET", "/../../etc/passwd".into(), vec![]),
+        ("OPTIONS", "/users/1".into(), vec![]),
+        ("DELETE", "/echo".into(), vec![]),
+        (
+            "GET",
+            "/users/1".into(),
+            vec![("x-junk", "\u{1}".repeat(0)), ("x-big", "v".repeat(7000))],
+        ),
+        (
+            "POST",
+            "/echo".into(),
+            vec![("content-type", "application/x-www-form-urlencoded".into())],
+        ),
+    ];
+    for (method, path, headers) in &cases {
+        let mut answers = Vec::new();
+        for addr in [with, without] {
+            let mut req = client().request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("http://{addr}{path}"),
+            );
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            let res = req.send().await.unwrap();
+            answers.push((res.status(), res.bytes().await.unwrap()));
+        }
+        assert_eq!(
+            answers[0],
+            answers[1],
+            "{method} {}",
+            &path[..path.len().min(40)]
+        );
+    }
+    // An upload that promises a megabyte and hangs up after ten bytes.
+    let mut conn = TcpStream::connect(with).await.unwrap();
+    conn.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(conn);
+    // Garbage that is not HTTP at all.
+    let mut conn = TcpStream::connect(with).await.unwrap();
+    conn.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut sink)).await;
+
+    // axum answers a truncated body with 400; whether hyper could still write it or the
+    // connection was gone (499), the upload is recorded once and not lost.
+    let echo_posts = |s: &[Sample]| {
+        value(
+            s,
+            "http_server_requests_total",
+            &[("http_route", "/echo"), ("http_request_method", "POST")],
+        )
+    };
+    let s = eventually(with, |s| echo_posts(s) == 2.0).await;
+    assert_eq!(echo_posts(&s), 2.0, "the form post and the aborted upload");
+    assert_eq!(
+        requests(&s, "/echo", "POST", "400") + requests(&s, "/echo", "POST", "499"),
+        1.0
+    );
+    assert_eq!(observe.metrics().active_requests("POST"), 0);
+    assert_eq!(
+        get_ok(with, "/users/1").await.text().await.unwrap(),
+        "user 1"
+    );
+}

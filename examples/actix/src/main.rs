@@ -1,0 +1,128 @@
+//! `example-actix`: a small actix-web service instrumented with observe, the twin of
+//! `example-axum` (same routes, same responses, same metrics for the same traffic).
+//!
+//! ```text
+//! cargo run -p example-actix                 # listens on 127.0.0.1:3001
+//! cargo run -p example-actix -- 127.0.0.1:8081
+//! curl localhost:3001/users/7; curl localhost:3001/metrics
+//! ```
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::error::ErrorBadRequest;
+use actix_web::{guard, web, App, HttpResponse, HttpServer, Responder, Route};
+use bytes::Bytes;
+use observe_actix::Observe;
+use serde::Deserialize;
+use serde_json::json;
+
+/// The service's routes, without observe, so tests can compare with and without.
+fn api(config: &mut web::ServiceConfig) {
+    config
+        // axum answers a path parameter that does not parse with 400; actix's default is 404.
+        .app_data(web::PathConfig::default().error_handler(|err, _| ErrorBadRequest(err)))
+        .service(web::resource("/users/{id}").route(get().to(user)))
+        .service(web::resource("/slow").route(get().to(slow)))
+        .service(web::resource("/fail").route(get().to(fail)))
+        .service(web::resource("/stream").route(get().to(stream)))
+        .service(web::scope("/api").service(web::resource("/items/{id}").route(get().to(item))));
+}
+
+/// A route for GET and HEAD, like axum's `get`. Inside a `web::resource`, other methods get
+/// `405 Method Not Allowed` under the resource's pattern, as with axum (`App::route` would
+/// turn them into unmatched 404s instead).
+fn get() -> Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+async fn user(id: web::Path<u64>) -> HttpResponse {
+    let id = id.into_inner();
+    HttpResponse::Ok().json(json!({ "id": id, "name": format!("user-{id}") }))
+}
+
+async fn item(id: web::Path<u64>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "id": id.into_inner(), "kind": "item" }))
+}
+
+#[derive(Deserialize)]
+struct SlowParams {
+    #[serde(default)]
+    ms: u64,
+}
+
+/// Sleeps `ms` milliseconds (capped at 60 s) before answering.
+async fn slow(p: web::Query<SlowParams>) -> String {
+    let ms = p.ms.min(60_000);
+    actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms} ms\n")
+}
+
+async fn fail() -> HttpResponse {
+    HttpResponse::InternalServerError().body("this endpoint always fails\n")
+}
+
+#[derive(Deserialize)]
+struct StreamParams {
+    #[serde(default = "default_chunks")]
+    chunks: u32,
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+fn default_chunks() -> u32 {
+    5
+}
+
+/// Streams `chunks` lines (at most 10,000), `delay_ms` (at most 10 s) apart.
+async fn stream(p: web::Query<StreamParams>) -> impl Responder {
+    let chunks = p.chunks.min(10_000);
+    let delay = Duration::from_millis(p.delay_ms.min(10_000));
+    let lines = futures_util::stream::unfold(0u32, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        if i > 0 {
+            actix_web::rt::time::sleep(delay).await;
+        }
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(format!("chunk {i}\n"))),
+            i + 1,
+        ))
+    });
+    HttpResponse::Ok().streaming(lines)
+}
+
+#[actix_web::main]
+async fn main() {
+    let addr: SocketAddr = match std::env::args().nth(1).map(|a| a.parse()) {
+        None => SocketAddr::from(([127, 0, 0, 1], 3001)),
+        Some(Ok(addr)) => addr,
+        Some(Err(e)) => {
+            eprintln!("example-actix: the first argument must be a listen address like 127.0.0.1:3001 ({e})");
+            std::process::exit(2);
+        }
+    };
+    // One `Observe` for the whole server: every worker's app records into the same series.
+    let observe = Observe::new("example-actix");
+    let server = HttpServer::new(move || {
+        App::new()
+            .configure(api)
+            .configure(observe.routes())
+            .wrap(observe.clone())
+    })
+    .workers(2)
+    .bind(addr);
+    let server = match server {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("example-actix: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let bound = server.addrs().first().copied().unwrap_or(addr);
+    println!("example-actix listening on http://{bound}");
+    if let Err(e) = server.run().await {
+        eprintln!("example-actix: server error: {e}");
+        std::process::exit(1);
+    }
+}

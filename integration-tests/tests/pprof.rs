@@ -1,0 +1,418 @@
+//! `/debug/pprof/*` of the examples, read by the real `go tool pprof` and headless Chromium.
+//!
+//! Each test starts its own example process: pprof-rs allows one CPU profile per process, so
+//! tests running in parallel cannot see each other's profiles.
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use integration_tests::{chromium_screenshot, fetch, go_tool_pprof, Answer, Example, Load};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn get(example: &Example, path: &str) -> Answer {
+    fetch(example.addr, path, LONG).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `go tool pprof -top` on a 5 s CPU profile fetched over HTTP while `/work` burns CPU.
+fn cpu_profile_under_load_shows_the_workload(package: &str) {
+    let example = Example::start(package, &[]);
+    let load = Load::start(example.addr, "/work?ms=20", 2, 20_000);
+    let url = example.url("/debug/pprof/profile?seconds=5");
+    let out = go_tool_pprof(&["-top", &url], LONG);
+    let (ok, failed) = load.finish();
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go tool pprof failed: {}\n{stdout}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("Type: cpu"), "{stdout}");
+    assert!(
+        stdout.contains("busy_work"),
+        "the workload is missing from:\n{stdout}"
+    );
+    assert!(ok > 0, "the load generator got no answer");
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed while profiling ({ok} ok)"
+    );
+}
+
+#[test]
+fn go_tool_pprof_reads_the_axum_cpu_profile_taken_under_load() {
+    cpu_profile_under_load_shows_the_workload("example-axum");
+}
+
+fn heap_profile_reads_in_go_tool_pprof(package: &str) {
+    let example = Example::start(package, &[]);
+    // Something to have allocated: a few requests through the whole stack.
+    for _ in 0..20 {
+        assert_eq!(get(&example, "/users/1").status, 200);
+    }
+    let raw = get(&example, "/debug/pprof/heap");
+    assert_eq!(raw.status, 200, "{}", raw.text());
+    assert_eq!(raw.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(&raw.body[..2], &[0x1f, 0x8b], "gzip magic");
+    let out = go_tool_pprof(&["-top", &example.url("/debug/pprof/heap")], LONG);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go tool pprof failed: {}\n{stdout}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("Type: inuse_space"), "{stdout}");
+    assert!(stdout.contains("flat%"), "no table in:\n{stdout}");
+}
+
+#[test]
+fn go_tool_pprof_reads_the_axum_heap_profile() {
+    heap_profile_reads_in_go_tool_pprof("example-axum");
+}
+
+#[test]
+fn the_flame_graph_is_well_formed_svg_showing_the_workload() {
+    let example = Example::start("example-axum", &[]);
+    let load = Load::start(example.addr, "/work?ms=20", 2, 20_000);
+    let svg = get(&example, "/debug/pprof/flamegraph?seconds=3");
+    let (_, failed) = load.finish();
+    assert_eq!(failed, 0);
+    assert_eq!(svg.status, 200, "{}", svg.text());
+    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    let body = svg.text();
+    assert!(
+        body.starts_with("<?xml"),
+        "{}",
+        &body[..body.len().min(200)]
+    );
+    assert_well_formed_svg(&svg.body);
+    assert!(
+        body.contains("busy_work"),
+        "no frame of the workload in the flame graph"
+    );
+}
+
+/// Parses the whole document: tags balance, one `<svg>` root, nothing after it.
+fn assert_well_formed_svg(bytes: &[u8]) {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(bytes);
+    reader.check_end_names(true);
+    let mut buf = Vec::new();
+    let (mut depth, mut roots, mut elements) = (0usize, Vec::new(), 0usize);
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) => {
+                if depth == 0 {
+                    roots.push(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+                }
+                depth += 1;
+                elements += 1;
+            }
+            Ok(Event::Empty(e)) => {
+                if depth == 0 {
+                    roots.push(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+                }
+                elements += 1;
+            }
+            Ok(Event::End(_)) => depth = depth.checked_sub(1).expect("an end tag without a start"),
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "not well-formed XML at byte {}: {e}",
+                reader.buffer_position()
+            ),
+        }
+        buf.clear();
+    }
+    assert_eq!(depth, 0, "unclosed elements");
+    assert_eq!(roots, ["svg"], "the document's root elements");
+    assert!(elements > 20, "a flame graph of {elements} elements");
+}
+
+#[test]
+fn bad_input_gets_its_status_and_a_one_line_reason_for_go_tool_pprof() {
+    let example = Example::start("example-axum", &[]);
+    let cases: &[(&str, u16, &str)] = &[
+        (
+            "/debug/pprof/profile?seconds=0",
+            400,
+            "seconds must be an integer from 1 to 60",
+        ),
+        (
+            "/debug/pprof/profile?seconds=61",
+            400,
+            "seconds must be an integer from 1 to 60",
+        ),
+        (
+            "/debug/pprof/profile?seconds=-3",
+            400,
+            "seconds must be an integer from 1 to 60",
+        ),
+        (
+            "/debug/pprof/profile?seconds=1.5",
+            400,
+            "seconds must be an integer from 1 to 60",
+        ),
+        (
+            "/debug/pprof/profile?seconds=abc",
+            400,
+            "seconds must be an integer from 1 to 60",
+        ),
+        (
+            "/debug/pprof/profile?seconds=",
+            400,
+            "seconds must be an integer from 1 to 60",
+        ),
+        (
+            "/debug/pprof/flamegraph?seconds=100000",
+            400,
+            "seconds must be an integer from 1 to 60",
+        ),
+        (
+            "/debug/pprof/profile?seconds=1&frequency=0",
+            400,
+            "frequency must be an integer from 1 to 1000",
+        ),
+        (
+            "/debug/pprof/profile?frequency=1001",
+            400,
+            "frequency must be an integer from 1 to 1000",
+        ),
+        (
+            "/debug/pprof/flamegraph?frequency=fast",
+            400,
+            "frequency must be an integer from 1 to 1000",
+        ),
+        (
+            "/debug/pprof/flamegraph?frequency=9.9",
+            400,
+            "frequency must be an integer from 1 to 1000",
+        ),
+        (
+            "/debug/pprof/goroutine",
+            404,
+            "unknown profile \"goroutine\"",
+        ),
+        ("/debug/pprof/symbol", 404, "unknown profile \"symbol\""),
+        ("/debug/pprof/cmdline", 404, "cmdline is disabled"),
+    ];
+    for &(path, status, reason) in cases {
+        let a = get(&example, path);
+        let body = a.text();
+        assert_eq!(a.status, status, "{path}: {body}");
+        assert!(body.contains(reason), "{path}: {body:?}");
+        assert_eq!(body.trim_end().lines().count(), 1, "{path}: {body:?}");
+        assert_eq!(
+            a.header("content-type"),
+            Some("text/plain; charset=utf-8"),
+            "{path}"
+        );
+        assert_eq!(a.header("x-go-pprof"), Some("1"), "{path}");
+    }
+    // go tool pprof shows the reason.
+    let out = go_tool_pprof(
+        &["-top", &example.url("/debug/pprof/profile?seconds=61")],
+        LONG,
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("400 Bad Request - seconds must be an integer from 1 to 60"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_cpu_profile_while_one_runs_is_409() {
+    let example = Example::start("example-axum", &[]);
+    let addr = example.addr;
+    let first = std::thread::spawn(move || fetch(addr, "/debug/pprof/profile?seconds=4", LONG));
+    std::thread::sleep(Duration::from_secs(1));
+    for path in [
+        "/debug/pprof/profile?seconds=1",
+        "/debug/pprof/flamegraph?seconds=1",
+    ] {
+        let second = get(&example, path);
+        assert_eq!(second.status, 409, "{path}: {}", second.text());
+        assert_eq!(second.text(), "profiling is already in use: one CPU profile runs at a time per process; retry when it ends\n");
+        assert_eq!(second.header("x-go-pprof"), Some("1"));
+    }
+    // The heap profile and the index are not CPU profiles: they still answer.
+    assert_eq!(get(&example, "/debug/pprof/heap").status, 200);
+    assert_eq!(get(&example, "/debug/pprof/").status, 200);
+    let first = first.join().unwrap().expect("the first profile");
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        first.header("content-disposition"),
+        Some("attachment; filename=\"profile\"")
+    );
+    // Free again afterwards.
+    assert_eq!(get(&example, "/debug/pprof/profile?seconds=1").status, 200);
+}
+
+#[test]
+fn a_client_that_disconnects_frees_the_profiler() {
+    let example = Example::start("example-axum", &[]);
+    let mut stream = TcpStream::connect(example.addr).unwrap();
+    write!(
+        stream,
+        "GET /debug/pprof/profile?seconds=60 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // It is running: a second profile is refused.
+    assert_eq!(get(&example, "/debug/pprof/profile?seconds=1").status, 409);
+    drop(stream);
+    let gone = Instant::now();
+    // Bounded wait (the profile asked for 60 s): the next request gets the profiler.
+    let mut statuses = Vec::new();
+    while gone.elapsed() < Duration::from_secs(10) {
+        let a = get(&example, "/debug/pprof/profile?seconds=1");
+        statuses.push(a.status);
+        if a.status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&200),
+        "still busy after the client left: {statuses:?}"
+    );
+    eprintln!(
+        "profiler free again {:?} after the disconnect ({} tries)",
+        gone.elapsed(),
+        statuses.len()
+    );
+}
+
+#[test]
+fn repeated_profiles_under_load_break_no_response() {
+    let example = Example::start("example-axum", &[]);
+    let work = Load::start(example.addr, "/work?ms=5", 2, 50_000);
+    let api = Load::start(example.addr, "/users/1", 2, 50_000);
+    for round in 0..4 {
+        let path = if round % 2 == 0 {
+            "/debug/pprof/profile?seconds=2&frequency=1000"
+        } else {
+            "/debug/pprof/flamegraph?seconds=2&frequency=500"
+        };
+        let a = get(&example, path);
+        assert_eq!(a.status, 200, "{path}: {}", a.text());
+        assert_eq!(get(&example, "/debug/pprof/heap").status, 200);
+    }
+    let (work_ok, work_failed) = work.finish();
+    let (api_ok, api_failed) = api.finish();
+    assert_eq!(
+        (work_failed, api_failed),
+        (0, 0),
+        "failed requests while profiling"
+    );
+    assert!(work_ok > 0 && api_ok > 0);
+    assert_eq!(
+        get(&example, "/users/2").status,
+        200,
+        "still serving afterwards"
+    );
+}
+
+#[test]
+fn the_index_renders_in_chromium_and_every_link_answers_200() {
+    let example = Example::start("example-axum", &[]);
+    let index = get(&example, "/debug/pprof/");
+    assert_eq!(index.status, 200);
+    assert_eq!(
+        index.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = index.text();
+    // Without the trailing slash: redirected, so relative links still resolve.
+    let bare = get(&example, "/debug/pprof");
+    assert_eq!(
+        (bare.status, bare.header("location")),
+        (308, Some("pprof/"))
+    );
+
+    let png = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof-index.png");
+    let _ = std::fs::remove_file(&png);
+    let out = chromium_screenshot(&example.url("/debug/pprof/"), &png, 1000, 700);
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        text(&out.stderr)
+    );
+    let shot = std::fs::read(&png).expect("chromium wrote the screenshot");
+    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n");
+    // A blank 1000x700 page compresses to a few KB; text, table and borders do not.
+    assert!(
+        shot.len() > 15_000,
+        "screenshot of {} bytes: blank?",
+        shot.len()
+    );
+    eprintln!("index screenshot: {}", png.display());
+
+    let links: Vec<&str> = html
+        .split("href=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .collect();
+    assert_eq!(
+        links,
+        ["profile", "flamegraph?seconds=10", "heap"],
+        "the example serves CPU and heap profiles, not cmdline"
+    );
+    for link in links {
+        let a = get(&example, &format!("/debug/pprof/{link}"));
+        assert_eq!(a.status, 200, "{link}: {}", a.text());
+        assert!(!a.body.is_empty(), "{link}");
+    }
+}
+
+#[test]
+fn heap_profiling_off_at_run_time_is_501_saying_how_to_enable_it() {
+    let example = Example::start("example-axum", &[("_RJEM_MALLOC_CONF", "prof:false")]);
+    let a = get(&example, "/debug/pprof/heap");
+    assert_eq!(a.status, 501, "{}", a.text());
+    assert_eq!(a.header("x-go-pprof"), Some("1"));
+    assert!(
+        a.text()
+            .contains("_RJEM_MALLOC_CONF=prof:true,prof_active:true"),
+        "{}",
+        a.text()
+    );
+    let index = get(&example, "/debug/pprof/").text();
+    assert!(
+        !index.contains("href=\"heap\""),
+        "the index links a heap profile it cannot serve"
+    );
+    assert!(index.contains("heap</b> is not available"));
+    // CPU profiles do not depend on it.
+    assert_eq!(get(&example, "/debug/pprof/profile?seconds=1").status, 200);
+}
+
+#[test]
+fn debug_routes_stay_out_of_the_red_metrics() {
+    let example = Example::start("example-axum", &[]);
+    for path in [
+        "/debug/pprof/",
+        "/debug/pprof",
+        "/debug/pprof/nope",
+        "/debug/pprof/profile?seconds=0",
+        "/users/1",
+    ] {
+        get(&example, path);
+    }
+    let metrics = get(&example, "/metrics").text();
+    assert!(
+        metrics.contains("http_route=\"/users/{id}\""),
+        "the API is recorded"
+    );
+    assert!(
+        !metrics.contains("/debug/pprof"),
+        "debug routes were recorded:\n{metrics}"
+    );
+}
