@@ -43,11 +43,6 @@ fn cpu_profile_under_load_shows_the_workload(package: &str) {
     );
 }
 
-#[test]
-fn go_tool_pprof_reads_the_axum_cpu_profile_taken_under_load() {
-    cpu_profile_under_load_shows_the_workload("example-axum");
-}
-
 fn heap_profile_reads_in_go_tool_pprof(package: &str) {
     let example = Example::start(package, &[]);
     // Something to have allocated: a few requests through the whole stack.
@@ -69,14 +64,8 @@ fn heap_profile_reads_in_go_tool_pprof(package: &str) {
     assert!(stdout.contains("flat%"), "no table in:\n{stdout}");
 }
 
-#[test]
-fn go_tool_pprof_reads_the_axum_heap_profile() {
-    heap_profile_reads_in_go_tool_pprof("example-axum");
-}
-
-#[test]
-fn the_flame_graph_is_well_formed_svg_showing_the_workload() {
-    let example = Example::start("example-axum", &[]);
+fn the_flame_graph_is_well_formed_svg_showing_the_workload(package: &str) {
+    let example = Example::start(package, &[]);
     let load = Load::start(example.addr, "/work?ms=20", 2, 20_000);
     let svg = get(&example, "/debug/pprof/flamegraph?seconds=3");
     let (_, failed) = load.finish();
@@ -133,9 +122,8 @@ fn assert_well_formed_svg(bytes: &[u8]) {
     assert!(elements > 20, "a flame graph of {elements} elements");
 }
 
-#[test]
-fn bad_input_gets_its_status_and_a_one_line_reason_for_go_tool_pprof() {
-    let example = Example::start("example-axum", &[]);
+fn bad_input_gets_its_status_and_a_one_line_reason_for_go_tool_pprof(package: &str) {
+    let example = Example::start(package, &[]);
     let cases: &[(&str, u16, &str)] = &[
         (
             "/debug/pprof/profile?seconds=0",
@@ -226,9 +214,8 @@ fn bad_input_gets_its_status_and_a_one_line_reason_for_go_tool_pprof() {
     );
 }
 
-#[test]
-fn a_second_cpu_profile_while_one_runs_is_409() {
-    let example = Example::start("example-axum", &[]);
+fn a_second_cpu_profile_while_one_runs_is_409(package: &str) {
+    let example = Example::start(package, &[]);
     let addr = example.addr;
     let first = std::thread::spawn(move || fetch(addr, "/debug/pprof/profile?seconds=4", LONG));
     std::thread::sleep(Duration::from_secs(1));
@@ -254,9 +241,8 @@ fn a_second_cpu_profile_while_one_runs_is_409() {
     assert_eq!(get(&example, "/debug/pprof/profile?seconds=1").status, 200);
 }
 
-#[test]
-fn a_client_that_disconnects_frees_the_profiler() {
-    let example = Example::start("example-axum", &[]);
+fn a_client_that_disconnects_frees_the_profiler(package: &str) {
+    let example = Example::start(package, &[]);
     let mut stream = TcpStream::connect(example.addr).unwrap();
     write!(
         stream,
@@ -290,9 +276,8 @@ fn a_client_that_disconnects_frees_the_profiler() {
     );
 }
 
-#[test]
-fn repeated_profiles_under_load_break_no_response() {
-    let example = Example::start("example-axum", &[]);
+fn repeated_profiles_under_load_break_no_response(package: &str) {
+    let example = Example::start(package, &[]);
     let work = Load::start(example.addr, "/work?ms=5", 2, 50_000);
     let api = Load::start(example.addr, "/users/1", 2, 50_000);
     for round in 0..4 {
@@ -321,7 +306,7 @@ fn repeated_profiles_under_load_break_no_response() {
 }
 
 #[test]
-fn the_index_renders_in_chromium_and_every_link_answers_200() {
+fn axum_index_renders_in_chromium_and_every_link_answers_200() {
     let example = Example::start("example-axum", &[]);
     let index = get(&example, "/debug/pprof/");
     assert_eq!(index.status, 200);
@@ -372,9 +357,8 @@ fn the_index_renders_in_chromium_and_every_link_answers_200() {
     }
 }
 
-#[test]
-fn heap_profiling_off_at_run_time_is_501_saying_how_to_enable_it() {
-    let example = Example::start("example-axum", &[("_RJEM_MALLOC_CONF", "prof:false")]);
+fn heap_profiling_off_at_run_time_is_501_saying_how_to_enable_it(package: &str) {
+    let example = Example::start(package, &[("_RJEM_MALLOC_CONF", "prof:false")]);
     let a = get(&example, "/debug/pprof/heap");
     assert_eq!(a.status, 501, "{}", a.text());
     assert_eq!(a.header("x-go-pprof"), Some("1"));
@@ -394,9 +378,8 @@ fn heap_profiling_off_at_run_time_is_501_saying_how_to_enable_it() {
     assert_eq!(get(&example, "/debug/pprof/profile?seconds=1").status, 200);
 }
 
-#[test]
-fn debug_routes_stay_out_of_the_red_metrics() {
-    let example = Example::start("example-axum", &[]);
+fn debug_routes_stay_out_of_the_red_metrics(package: &str) {
+    let example = Example::start(package, &[]);
     for path in [
         "/debug/pprof/",
         "/debug/pprof",
@@ -416,3 +399,34 @@ fn debug_routes_stay_out_of_the_red_metrics() {
         "debug routes were recorded:\n{metrics}"
     );
 }
+
+/// The same scenarios against both examples: the endpoints are observe-core's, mounted by
+/// each adapter.
+macro_rules! for_both_examples {
+    ($($scenario:ident),* $(,)?) => {
+        mod axum {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario("example-axum");
+            })*
+        }
+        mod actix {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario("example-actix");
+            })*
+        }
+    };
+}
+
+for_both_examples!(
+    cpu_profile_under_load_shows_the_workload,
+    heap_profile_reads_in_go_tool_pprof,
+    the_flame_graph_is_well_formed_svg_showing_the_workload,
+    bad_input_gets_its_status_and_a_one_line_reason_for_go_tool_pprof,
+    a_second_cpu_profile_while_one_runs_is_409,
+    a_client_that_disconnects_frees_the_profiler,
+    repeated_profiles_under_load_break_no_response,
+    heap_profiling_off_at_run_time_is_501_saying_how_to_enable_it,
+    debug_routes_stay_out_of_the_red_metrics,
+);

@@ -5,13 +5,13 @@ use std::task::{ready, Context, Poll};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
-use actix_web::http::{StatusCode, Uri};
+use actix_web::http::StatusCode;
 use actix_web::Error;
 use observe_core::RequestRecord;
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
-use crate::route_cache::RouteCache;
+use crate::route_cache::{RequestPath, RouteCache};
 
 pin_project! {
     /// Response future of [`Observe`](crate::Observe): names the route once actix has routed
@@ -25,7 +25,7 @@ pin_project! {
         inner: F,
         record: Option<RequestRecord>,
         routes: Rc<RouteCache>,
-        uri: Option<Uri>,
+        path: Option<RequestPath>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
@@ -34,7 +34,7 @@ pin_project! {
             // No response, so no routing to read: name the route from the path before the
             // record's own drop decides between 499 and 500.
             if let Some(record) = this.record {
-                let path = this.uri.as_ref().map_or("", |uri| uri.path());
+                let path = this.path.as_ref().map_or("", RequestPath::as_str);
                 record.set_route(this.routes.resolve_path(path));
             }
         }
@@ -46,13 +46,13 @@ impl<F> ResponseFuture<F> {
         inner: F,
         record: Option<RequestRecord>,
         routes: Rc<RouteCache>,
-        uri: Option<Uri>,
+        path: Option<RequestPath>,
     ) -> Self {
         ResponseFuture {
             inner,
             record,
             routes,
-            uri,
+            path,
         }
     }
 }
@@ -86,7 +86,7 @@ where
                 if let Some(mut record) = record {
                     // actix turns the error into this response; the error carries no request,
                     // so the route comes from the path.
-                    let path = this.uri.as_ref().map_or("", |uri| uri.path());
+                    let path = this.path.as_ref().map_or("", RequestPath::as_str);
                     record.set_route(this.routes.resolve_path(path));
                     record.responded(error.as_response_error().status_code().as_u16());
                     record.complete();

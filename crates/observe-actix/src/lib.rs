@@ -54,9 +54,9 @@ mod service;
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use middleware::Observe;
-pub use observe_core::{self as core, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
 #[cfg(feature = "pprof")]
 pub use observe_core::profiling::{Access, AccessRequest, Pprof};
+pub use observe_core::{self as core, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
 #[cfg(feature = "pprof")]
-pub use pprof::{pprof_routes, serve_pprof_on_loopback};
+pub use pprof::{pprof_on_connect, pprof_routes, serve_pprof_on_loopback};
 pub use service::ObserveMiddleware;

@@ -7,7 +7,7 @@ use observe_core::RouteId;
 
 use crate::body::{RequestPayload, ResponseBody};
 use crate::future::ResponseFuture;
-use crate::route_cache::RouteCache;
+use crate::route_cache::{RequestPath, RouteCache};
 
 /// The service [`Observe`](crate::Observe) wraps around an app; one per worker.
 #[doc(hidden)]
@@ -37,7 +37,7 @@ where
         } else {
             metrics.start(req.method().as_str(), RouteId::UNMATCHED)
         };
-        let mut uri = None;
+        let mut path = None;
         if let Some(record) = &mut record {
             match req.take_payload() {
                 // No body (GET and most others): nothing to count, nothing allocated.
@@ -50,10 +50,10 @@ where
                 }
             }
             self.routes.remember_resource_map(&req);
-            // An inner `Err` comes back without the request; its path is what names the route
-            // then. Cloning a `Uri` bumps reference counts, it does not allocate.
-            uri = Some(req.uri().clone());
+            // An inner `Err` comes back without the request, a panic or a dropped connection
+            // not at all: the path is what names the route then.
+            path = Some(RequestPath::new(req.uri()));
         }
-        ResponseFuture::new(self.service.call(req), record, self.routes.clone(), uri)
+        ResponseFuture::new(self.service.call(req), record, self.routes.clone(), path)
     }
 }

@@ -7,6 +7,9 @@
 //! * `encode_10k_series`: 556 label sets, 10,008 series.
 //! * `encode_10k_label_sets`: 10,000 label sets, 180,000 series.
 //! * `encode_10k_counters`: a plain registry of 10,000 counter series, for scale.
+
+// criterion's macros generate undocumented items.
+#![allow(missing_docs)]
 use criterion::{criterion_group, criterion_main, Criterion};
 use observe_core::{HttpMetrics, MetricsEncoder};
 

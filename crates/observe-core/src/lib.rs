@@ -27,6 +27,7 @@
 //! assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="checkout"} 1"#));
 //! ```
 
+mod cache;
 mod collector;
 mod config;
 mod encode;

@@ -1,7 +1,7 @@
+use quanta::Instant;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use prometheus::Registry;
 
@@ -26,10 +26,12 @@ pub struct HttpMetrics {
 /// What requests write into and `/metrics` reads from.
 #[derive(Debug)]
 pub(crate) struct State {
+    /// Never reused, so per-thread caches can key on it.
+    pub(crate) id: u64,
     pub(crate) service: String,
     pub(crate) const_labels: Vec<(String, String)>,
     pub(crate) routes: RouteTable,
-    pub(crate) series: RwLock<HashMap<SeriesKey, Series, foldhash::fast::RandomState>>,
+    pub(crate) series: RwLock<HashMap<SeriesKey, Arc<Series>, foldhash::fast::RandomState>>,
     pub(crate) duration_bounds: Bounds,
     pub(crate) size_bounds: Option<Bounds>,
     pub(crate) active: [AtomicI64; MethodLabel::COUNT],
@@ -38,7 +40,7 @@ pub(crate) struct State {
 
 /// `(route, method, status)` packed into one word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct SeriesKey(u64);
+pub(crate) struct SeriesKey(pub(crate) u64);
 
 impl SeriesKey {
     pub(crate) fn new(route: RouteId, method: MethodLabel, status: u16) -> Self {
@@ -100,6 +102,7 @@ impl HttpMetrics {
             None => (Registry::new(), true),
         };
         let state = Arc::new(State {
+            id: crate::cache::new_table_id(),
             const_labels: config.const_labels.into_iter().collect(),
             routes: RouteTable::new(&config.excluded_routes, config.max_routes),
             series: RwLock::new(HashMap::default()),
@@ -177,25 +180,29 @@ impl HttpMetrics {
 impl State {
     pub(crate) fn observe(&self, o: Observation) {
         let nanos = o.started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-        let series = read(&self.series);
-        match series.get(&o.key) {
-            Some(s) => self.observe_into(s, nanos, &o),
-            None => {
-                drop(series);
-                self.observe_new(nanos, &o);
-            }
-        }
+        crate::cache::with_series(
+            self.id,
+            o.key,
+            || self.series(o.key),
+            |s| self.observe_into(s, nanos, &o),
+        );
     }
 
-    #[cold]
-    fn observe_new(&self, nanos: u64, o: &Observation) {
+    fn series(&self, key: SeriesKey) -> Arc<Series> {
+        if let Some(s) = read(&self.series).get(&key) {
+            return s.clone();
+        }
         let mut series = write(&self.series);
-        let s = series.entry(o.key).or_insert_with(|| Series {
-            duration: AtomicHistogram::new(&self.duration_bounds),
-            request_size: self.size_bounds.as_ref().map(AtomicHistogram::new),
-            response_size: self.size_bounds.as_ref().map(AtomicHistogram::new),
-        });
-        self.observe_into(s, nanos, o);
+        series
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Series {
+                    duration: AtomicHistogram::new(&self.duration_bounds),
+                    request_size: self.size_bounds.as_ref().map(AtomicHistogram::new),
+                    response_size: self.size_bounds.as_ref().map(AtomicHistogram::new),
+                })
+            })
+            .clone()
     }
 
     #[inline]

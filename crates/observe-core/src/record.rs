@@ -1,6 +1,6 @@
+use quanta::Instant;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::labels::MethodLabel;
 use crate::metrics::{Observation, SeriesKey, State};

@@ -32,6 +32,8 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// Interns route templates into [`RouteId`]s, at most `max_routes` of them.
 #[derive(Debug)]
 pub(crate) struct RouteTable {
+    /// Never reused, so per-thread caches can key on it.
+    id: u64,
     ids: RwLock<Map<Arc<str>, RouteId>>,
     /// The excluded templates again, for a lock-free check of a raw path (see
     /// [`HttpMetrics::is_excluded_path`](crate::HttpMetrics::is_excluded_path)).
@@ -47,6 +49,7 @@ impl RouteTable {
             ids.insert(Arc::from(route.as_str()), RouteId::EXCLUDED);
         }
         RouteTable {
+            id: crate::cache::new_table_id(),
             ids: RwLock::new(ids),
             excluded: excluded.iter().map(|r| r.as_str().into()).collect(),
             names: RwLock::new(vec![Arc::from(UNMATCHED_ROUTE), Arc::from(OVERFLOW_ROUTE)]),
@@ -58,10 +61,14 @@ impl RouteTable {
         let Some(template) = template else {
             return RouteId::UNMATCHED;
         };
-        if let Some(id) = read(&self.ids).get(template) {
-            return *id;
-        }
-        self.insert(template)
+        crate::cache::route(self.id, template, || {
+            // Bound first: a read guard alive in the match would deadlock `insert`.
+            let known = read(&self.ids).get(template).copied();
+            let id = known.unwrap_or_else(|| self.insert(template));
+            let name = (id != RouteId::OVERFLOW && !id.is_excluded())
+                .then(|| read(&self.names)[id.0 as usize].clone());
+            (id, name)
+        })
     }
 
     /// Whether `path` equals an excluded template. A literal template is equal to the only

@@ -101,8 +101,8 @@ impl<B: Body> Body for RequestBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            if let Some(data) = data {
+        if let Some(Ok(frame)) = &frame {
+            if let Some(data) = frame.data_ref() {
                 this.tally.add(data.remaining() as u64);
             }
         }

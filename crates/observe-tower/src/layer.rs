@@ -96,7 +96,8 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
             inner,
-            layer: self.clone(),
+            // One shared copy: axum clones the layered service for every request.
+            layer: Arc::new(self.clone()),
         }
     }
 }

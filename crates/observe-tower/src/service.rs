@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -12,7 +13,7 @@ use crate::layer::ObserveLayer;
 #[derive(Clone, Debug)]
 pub struct Observe<S> {
     pub(crate) inner: S,
-    pub(crate) layer: ObserveLayer,
+    pub(crate) layer: Arc<ObserveLayer>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>

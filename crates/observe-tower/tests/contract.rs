@@ -638,18 +638,15 @@ async fn hostile_requests_get_the_same_answers_with_and_without_the_layer() {
     let (observe, with) = start().await;
     let without = serve(api(None)).await;
     let long_path = format!("/{}", "a".repeat(6000));
-    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+    type Case = (&'static str, String, Vec<(&'static str, String)>);
+    let cases: Vec<Case> = vec![
         ("GET", "/users/%ZZ".into(), vec![]),
         ("GET", "/users/99999999999999999999".into(), vec![]),
         ("GET", long_path, vec![]),
         ("GET", "/../../etc/passwd".into(), vec![]),
         ("OPTIONS", "/users/1".into(), vec![]),
         ("DELETE", "/echo".into(), vec![]),
-        (
-            "GET",
-            "/users/1".into(),
-            vec![("x-junk", "\u{1}".repeat(0)), ("x-big", "v".repeat(7000))],
-        ),
+        ("GET", "/users/1".into(), vec![("x-big", "v".repeat(7000))]),
         (
             "POST",
             "/echo".into(),

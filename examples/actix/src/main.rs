@@ -5,9 +5,13 @@
 //! cargo run -p example-actix                 # listens on 127.0.0.1:3001
 //! cargo run -p example-actix -- 127.0.0.1:8081
 //! curl localhost:3001/users/7; curl localhost:3001/metrics
+//! go tool pprof -top 'http://127.0.0.1:3001/debug/pprof/profile?seconds=5'  # while: curl localhost:3001/work?ms=200
 //! ```
+//!
+//! `/debug/pprof/*` answers loopback clients only (observe's default); see docs/pprof.md.
+use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::error::ErrorBadRequest;
 use actix_web::{guard, web, App, HttpResponse, HttpServer, Responder, Route};
@@ -15,6 +19,20 @@ use bytes::Bytes;
 use observe_actix::Observe;
 use serde::Deserialize;
 use serde_json::json;
+
+/// jemalloc, built with its heap profiler, serves every allocation: `/debug/pprof/heap`
+/// then shows where live memory was allocated.
+#[global_allocator]
+static ALLOC: observe_actix::core::profiling::Jemalloc = observe_actix::core::profiling::Jemalloc;
+
+/// jemalloc's start-up options: heap profiling on, one sample per 512 KiB allocated on average.
+/// `_RJEM_MALLOC_CONF` in the environment still overrides it (e.g. `prof:false`).
+// `unsafe_code` is denied workspace-wide; exporting a symbol under a fixed name counts as
+// unsafe because nothing checks its type. jemalloc reads it as `const char *`, which is the
+// first word of a `&[u8]` (this is how the `jemalloc_pprof` documentation sets it too).
+#[allow(unsafe_code, non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"prof:true,prof_active:true,lg_prof_sample:19\0";
 
 /// The service's routes, without observe, so tests can compare with and without.
 fn api(config: &mut web::ServiceConfig) {
@@ -25,6 +43,7 @@ fn api(config: &mut web::ServiceConfig) {
         .service(web::resource("/slow").route(get().to(slow)))
         .service(web::resource("/fail").route(get().to(fail)))
         .service(web::resource("/stream").route(get().to(stream)))
+        .service(web::resource("/work").route(get().to(work)))
         .service(web::scope("/api").service(web::resource("/items/{id}").route(get().to(item))));
 }
 
@@ -92,6 +111,45 @@ async fn stream(p: web::Query<StreamParams>) -> impl Responder {
     HttpResponse::Ok().streaming(lines)
 }
 
+#[derive(Deserialize)]
+struct WorkParams {
+    #[serde(default = "default_work_ms")]
+    ms: u64,
+}
+
+fn default_work_ms() -> u64 {
+    10
+}
+
+/// Burns `ms` milliseconds of CPU (at most 1 s) on a blocking thread: a workload for the
+/// CPU profile to find.
+async fn work(p: web::Query<WorkParams>) -> String {
+    let budget = Duration::from_millis(p.ms.min(1000));
+    let rounds = web::block(move || busy_work(budget)).await.unwrap_or(0);
+    format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
+}
+
+/// Hashes in a loop until `budget` is spent; returns the rounds done. Never inlined, so
+/// profiles show it by name.
+#[inline(never)]
+fn busy_work(budget: Duration) -> u64 {
+    let started = Instant::now();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rounds = 0;
+    while started.elapsed() < budget {
+        for _ in 0..10_000 {
+            // xorshift64*: cheap, and black_box keeps the optimizer from skipping it.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state = black_box(state.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        }
+        rounds += 1;
+    }
+    black_box(state);
+    rounds
+}
+
 #[actix_web::main]
 async fn main() {
     let addr: SocketAddr = match std::env::args().nth(1).map(|a| a.parse()) {
@@ -111,6 +169,8 @@ async fn main() {
             .wrap(observe.clone())
     })
     .workers(2)
+    // Lets a CPU profile stop when its client disconnects (actix runs handlers on otherwise).
+    .on_connect(observe_actix::pprof_on_connect)
     .bind(addr);
     let server = match server {
         Ok(server) => server,

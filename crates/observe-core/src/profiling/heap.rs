@@ -58,8 +58,50 @@ pub(crate) fn dump() -> Result<Vec<u8>, PprofError> {
         .ok_or_else(|| PprofError::HeapUnavailable(HOW_TO_ENABLE.to_owned()))?;
     // `try_lock`: never block (nor panic, as `blocking_lock` would on an async worker).
     let mut ctl = ctl.try_lock().map_err(|_| PprofError::HeapBusy)?;
-    ctl.dump_pprof()
-        .map_err(|e| PprofError::Encode(e.to_string()))
+    let gzipped = ctl
+        .dump_pprof()
+        .map_err(|e| PprofError::Encode(e.to_string()))?;
+    drop(ctl);
+    mark_symbolized(&gzipped)
+}
+
+/// Flags each mapping that `jemalloc_pprof` symbolized in process as symbolized.
+///
+/// It leaves the flags off, so `go tool pprof` runs its own symbolizer over the binary again:
+/// close to a minute for a debug build, and its names for a position-independent binary
+/// mapped at 0 are wrong (`prof_log_emit_traces` for `prof_backtrace_impl`). The few
+/// addresses the in-process symbolizer could not name stay addresses.
+#[cfg(feature = "heap")]
+fn mark_symbolized(gzipped: &[u8]) -> Result<Vec<u8>, PprofError> {
+    use std::io::{Read, Write};
+
+    use pprof::protos::{Message, Profile};
+
+    let encode = |e: &dyn std::fmt::Display| PprofError::Encode(format!("heap profile: {e}"));
+    let mut raw = Vec::with_capacity(gzipped.len() * 4);
+    flate2::read::GzDecoder::new(gzipped)
+        .read_to_end(&mut raw)
+        .map_err(|e| encode(&e))?;
+    let mut profile = Profile::decode(raw.as_slice()).map_err(|e| encode(&e))?;
+    for mapping in &mut profile.mapping {
+        let mut locations = profile
+            .location
+            .iter()
+            .filter(|l| l.mapping_id == mapping.id);
+        if locations.any(|l| !l.line.is_empty()) {
+            mapping.has_functions = true;
+            mapping.has_filenames = true;
+            mapping.has_line_numbers = true;
+            mapping.has_inline_frames = true;
+        }
+    }
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(gzipped.len()),
+        flate2::Compression::default(),
+    );
+    gz.write_all(&profile.encode_to_vec())
+        .and_then(|()| gz.finish())
+        .map_err(|e| encode(&e))
 }
 
 #[cfg(not(feature = "heap"))]
