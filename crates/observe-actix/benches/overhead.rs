@@ -4,6 +4,9 @@
 //! each request read to the end of its response body (where the record finishes). The
 //! difference of their medians is the overhead reported in `docs/performance.md`.
 //! `actix_observed_scope` routes through a nested scope; `actix_*_unmatched` is a 404.
+
+// `criterion_group!` defines an undocumented public function.
+#![allow(missing_docs)]
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;

@@ -1,7 +1,7 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use observe_core::{ByteTally, RequestRecord};
 use pin_project_lite::pin_project;
@@ -74,7 +74,7 @@ impl<B: Body> Body for ResponseBody<B> {
 pin_project! {
     /// A request body that counts the bytes the handler reads, for
     /// `http_server_request_body_size_bytes`.
-    pub struct RequestBody<B> {
+    pub(crate) struct RequestBody<B> {
         #[pin]
         inner: B,
         tally: ByteTally,
@@ -83,7 +83,7 @@ pin_project! {
 
 impl<B> RequestBody<B> {
     /// Wraps `inner`, counting into `record`.
-    pub fn new(inner: B, record: &mut RequestRecord) -> Self {
+    pub(crate) fn new(inner: B, record: &mut RequestRecord) -> Self {
         RequestBody {
             inner,
             tally: record.request_tally(),
@@ -118,58 +118,25 @@ impl<B: Body> Body for RequestBody<B> {
     }
 }
 
-/// A request body type whose size observe can record without changing its type.
+/// Arranges for the size of a request body to reach `record`, keeping the body's type so the
+/// layer fits wherever a `Service<Request<B>>` is expected (axum's `Router::layer`, tonic's
+/// `Server::layer`).
 ///
-/// Keeping the type lets the layer sit anywhere a `Service<Request<B>>` is expected (axum's
-/// `Router::layer`, tonic's `Server::layer`) without an extra boxed body per request.
-/// Implement it for your own body type with the default method, which records the body's
-/// exact size hint (its `Content-Length`).
-pub trait CountableBody: Body + Sized {
-    /// Returns the same body, arranged so that its size reaches `record`.
-    fn counted(self, record: &mut RequestRecord) -> Self {
-        record.add_request_bytes(self.size_hint().exact().unwrap_or(0));
-        self
+/// axum's `Body` is wrapped to count the bytes the handler actually reads; any other body type
+/// records its exact size hint (its `Content-Length`). A request without a body costs nothing.
+pub(crate) fn count_request_body<B: Body + 'static>(mut body: B, record: &mut RequestRecord) -> B {
+    if body.is_end_stream() {
+        return body;
     }
-}
-
-#[cfg(feature = "axum")]
-impl CountableBody for axum::body::Body {
-    /// Counts the bytes the handler actually reads. A request without a body costs nothing;
-    /// one with a body, one small allocation for the counter and one for axum's boxed body.
-    fn counted(self, record: &mut RequestRecord) -> Self {
-        if self.is_end_stream() {
-            return self;
-        }
-        axum::body::Body::new(RequestBody::new(self, record))
+    #[cfg(feature = "axum")]
+    if let Some(axum_body) =
+        (&mut body as &mut dyn std::any::Any).downcast_mut::<axum::body::Body>()
+    {
+        // The placeholder is an empty body, which axum boxes without allocating.
+        let inner = std::mem::take(axum_body);
+        *axum_body = axum::body::Body::new(RequestBody::new(inner, record));
+        return body;
     }
+    record.add_request_bytes(body.size_hint().exact().unwrap_or(0));
+    body
 }
-
-impl<E> CountableBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E>
-where
-    E: 'static,
-{
-    fn counted(self, record: &mut RequestRecord) -> Self {
-        if self.is_end_stream() {
-            return self;
-        }
-        http_body_util::combinators::UnsyncBoxBody::new(RequestBody::new(self, record))
-    }
-}
-
-impl<E> CountableBody for http_body_util::combinators::BoxBody<Bytes, E>
-where
-    E: 'static,
-{
-    fn counted(self, record: &mut RequestRecord) -> Self {
-        if self.is_end_stream() {
-            return self;
-        }
-        http_body_util::combinators::BoxBody::new(RequestBody::new(self, record))
-    }
-}
-
-/// Bodies already in memory: their exact size is what the handler can read.
-impl CountableBody for http_body_util::Full<Bytes> {}
-impl CountableBody for http_body_util::Empty<Bytes> {}
-impl CountableBody for String {}
-impl CountableBody for hyper::body::Incoming {}

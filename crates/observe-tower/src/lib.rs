@@ -33,7 +33,7 @@ mod pprof;
 mod routes;
 mod service;
 
-pub use body::{CountableBody, RequestBody, ResponseBody};
+pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use layer::ObserveLayer;
 #[cfg(feature = "pprof")]

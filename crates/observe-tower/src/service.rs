@@ -5,7 +5,7 @@ use http::{Request, Response};
 use observe_core::{RequestRecord, RouteId};
 use tower_service::Service;
 
-use crate::body::{CountableBody, ResponseBody};
+use crate::body::{count_request_body, ResponseBody};
 use crate::future::ResponseFuture;
 use crate::layer::ObserveLayer;
 
@@ -19,7 +19,7 @@ pub struct Observe<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ReqBody: CountableBody,
+    ReqBody: http_body::Body + 'static,
     ResBody: http_body::Body,
 {
     type Response = Response<ResponseBody<ResBody>>;
@@ -48,7 +48,7 @@ where
         };
         let mut record: Option<RequestRecord> = metrics.start(parts.method.as_str(), route);
         let body = match &mut record {
-            Some(record) => body.counted(record),
+            Some(record) => count_request_body(body, record),
             None => body,
         };
         ResponseFuture::new(

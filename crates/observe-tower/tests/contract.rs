@@ -359,7 +359,8 @@ async fn an_inner_error_is_500_with_hyper() {
         .await
         .is_err());
     let res = client()
-        .get(format!("http://{addr}/ok"))
+        .post(format!("http://{addr}/ok"))
+        .body("abcdef")
         .send()
         .await
         .unwrap();
@@ -369,7 +370,16 @@ async fn an_inner_error_is_500_with_hyper() {
         .unwrap();
     let s = parse_exposition(std::str::from_utf8(&text.body).unwrap());
     assert_eq!(requests(&s, "/broken", "GET", "500"), 1.0);
-    assert_eq!(requests(&s, "/ok", "GET", "200"), 1.0);
+    assert_eq!(requests(&s, "/ok", "POST", "200"), 1.0);
+    // hyper's `Incoming` is not wrapped: its Content-Length is the request size.
+    assert_eq!(
+        value(
+            &s,
+            "http_server_request_body_size_bytes_sum",
+            &[("http_route", "/ok")]
+        ),
+        6.0
+    );
     assert_eq!(
         value(
             &s,
