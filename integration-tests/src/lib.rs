@@ -4,6 +4,7 @@
 //! The examples are the binaries cargo builds for `example-axum` and `example-actix`; the
 //! test command (`.ci/run`) builds them first, and [`Example::start`] builds a missing one.
 
+pub mod allocations;
 mod dashboard;
 mod profiling;
 mod tools;

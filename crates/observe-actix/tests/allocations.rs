@@ -5,45 +5,14 @@
 //! request, the app's boxed routing future, the response); `Observe` must add nothing to that
 //! once it has seen a route: no per-request `match_pattern()` string, no boxing.
 
-// A counting allocator has to implement the unsafe `GlobalAlloc` trait.
-#![allow(unsafe_code)]
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::{test, web, App, Error};
+use integration_tests::allocations::{on_this_thread as allocations, CountingAllocator};
 use observe_actix::Observe;
 
-struct Counting;
-
-thread_local! {
-    // Per thread, so other threads (the harness, actix's arbiters) do not count; const so it
-    // never allocates itself.
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 const REQUESTS: u64 = 1000;
 

@@ -5,49 +5,19 @@
 //! route's future and response body; that structural cost is measured and pinned too, so a
 //! change that adds to it fails here.
 
-// A counting allocator has to implement the unsafe `GlobalAlloc` trait.
-#![allow(unsafe_code)]
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::convert::Infallible;
-
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
+use integration_tests::allocations::{on_this_thread as allocations, CountingAllocator};
 use observe_tower::ObserveLayer;
+use std::convert::Infallible;
 use tower::{Service, ServiceExt};
 
-struct Counting;
-
-thread_local! {
-    // Per thread, so other tests and the harness do not count; const so it never allocates.
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 const REQUESTS: u64 = 1000;
 

@@ -65,7 +65,7 @@ pub(crate) fn dump() -> Result<Vec<u8>, PprofError> {
     mark_symbolized(&gzipped)
 }
 
-/// Flags each mapping that `jemalloc_pprof` symbolized in process as symbolized.
+/// Flags the mappings `jemalloc_pprof` symbolized in process as symbolized.
 ///
 /// It leaves the flags off, so `go tool pprof` runs its own symbolizer over the binary again:
 /// close to a minute for a debug build, and its names for a position-independent binary
@@ -83,12 +83,17 @@ fn mark_symbolized(gzipped: &[u8]) -> Result<Vec<u8>, PprofError> {
         .read_to_end(&mut raw)
         .map_err(|e| encode(&e))?;
     let mut profile = Profile::decode(raw.as_slice()).map_err(|e| encode(&e))?;
+    // jemalloc_pprof writes one mapping per segment of a file and `go tool pprof` merges
+    // them, so a file counts as symbolized when any of its segments' locations is.
+    let symbolized_files: std::collections::HashSet<i64> = profile
+        .location
+        .iter()
+        .filter(|l| !l.line.is_empty())
+        .filter_map(|l| profile.mapping.iter().find(|m| m.id == l.mapping_id))
+        .map(|m| m.filename)
+        .collect();
     for mapping in &mut profile.mapping {
-        let mut locations = profile
-            .location
-            .iter()
-            .filter(|l| l.mapping_id == mapping.id);
-        if locations.any(|l| !l.line.is_empty()) {
+        if symbolized_files.contains(&mapping.filename) {
             mapping.has_functions = true;
             mapping.has_filenames = true;
             mapping.has_line_numbers = true;
