@@ -23,19 +23,9 @@ use observe_tower::ObserveLayer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// jemalloc, built with its heap profiler, serves every allocation: `/debug/pprof/heap`
-/// then shows where live memory was allocated.
-#[global_allocator]
-static ALLOC: observe_tower::core::profiling::Jemalloc = observe_tower::core::profiling::Jemalloc;
-
-/// jemalloc's start-up options: heap profiling on, one sample per 512 KiB allocated on average.
-/// `_RJEM_MALLOC_CONF` in the environment still overrides it (e.g. `prof:false`).
-// `unsafe_code` is denied workspace-wide; exporting a symbol under a fixed name counts as
-// unsafe because nothing checks its type. jemalloc reads it as `const char *`, which is the
-// first word of a `&[u8]` (this is how the `jemalloc_pprof` documentation sets it too).
-#[allow(unsafe_code, non_upper_case_globals)]
-#[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"prof:true,prof_active:true,lg_prof_sample:19\0";
+// jemalloc serves every allocation, with its heap profiler on: `/debug/pprof/heap` shows
+// where live memory was allocated.
+observe_tower::core::jemalloc_heap_profiling!();
 
 /// The service's routes, without observe, so tests can compare with and without.
 fn api() -> Router {

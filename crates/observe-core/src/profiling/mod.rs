@@ -61,6 +61,34 @@ pub use response::DebugResponse;
 #[cfg(feature = "heap")]
 pub use tikv_jemallocator::Jemalloc;
 
+/// Makes jemalloc the global allocator with its heap profiler switched on at start-up, so
+/// `/debug/pprof/heap` has samples: one allocation per 512 KiB allocated on average
+/// (`lg_prof_sample:19`), cheap enough for production. `_RJEM_MALLOC_CONF` in the environment
+/// still overrides it (`prof:false` turns it off). Use it once, in the binary crate:
+///
+/// ```ignore
+/// observe_core::jemalloc_heap_profiling!();
+/// ```
+#[cfg(feature = "heap")]
+#[macro_export]
+macro_rules! jemalloc_heap_profiling {
+    () => {
+        /// jemalloc, built with its heap profiler, serves every allocation.
+        #[global_allocator]
+        static OBSERVE_JEMALLOC: $crate::profiling::Jemalloc = $crate::profiling::Jemalloc;
+
+        // jemalloc reads this symbol as a `const char *`: a thin pointer to NUL-terminated
+        // options, which is exactly the layout of `&u8` (a `&[u8]` would be a fat pointer).
+        // Exporting a symbol under a fixed name is unsafe code because rustc cannot check
+        // the type the C side expects.
+        /// jemalloc's start-up options: heap profiling on, `lg_prof_sample:19`.
+        #[allow(unsafe_code, non_upper_case_globals)]
+        #[export_name = "_rjem_malloc_conf"]
+        pub static observe_jemalloc_options: &u8 =
+            &b"prof:true,prof_active:true,lg_prof_sample:19\0"[0];
+    };
+}
+
 /// The route templates adapters register, in the framework-neutral `{name}` syntax. They are
 /// excluded from the RED metrics by default, as `/metrics` is.
 pub const PPROF_ROUTES: [&str; 3] = ["/debug/pprof", "/debug/pprof/", "/debug/pprof/{profile}"];
