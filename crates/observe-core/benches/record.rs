@@ -43,9 +43,15 @@ fn record(c: &mut Criterion) {
             record.complete();
         })
     });
-    c.bench_function("instant_now_twice", |b| {
+    c.bench_function("std_instant_now_twice", |b| {
         b.iter(|| {
             let t = std::time::Instant::now();
+            std::hint::black_box(t.elapsed())
+        })
+    });
+    c.bench_function("quanta_instant_now_twice", |b| {
+        b.iter(|| {
+            let t = quanta::Instant::now();
             std::hint::black_box(t.elapsed())
         })
     });

@@ -123,6 +123,14 @@ fn overhead(c: &mut Criterion) {
         served(router().layer(ObserveLayer::new("bench"))),
         AxumRequest,
     );
+    // What axum charges for any `Router::layer`, to tell it apart from the layer's own cost.
+    bench(
+        &mut group,
+        &rt,
+        "axum_noop_layer",
+        served(router().layer(tower::util::MapRequestLayer::new(|req: Request<Body>| req))),
+        AxumRequest,
+    );
 
     let handler = || {
         tower::service_fn(|_req: Request<Full<bytes::Bytes>>| async {
@@ -136,6 +144,15 @@ fn overhead(c: &mut Criterion) {
         &rt,
         "service_observed",
         tower::Layer::layer(&layer, handler()),
+        PlainRequest,
+    );
+    // An excluded route: the layer's wrapping alone, nothing recorded.
+    let skipping = ObserveLayer::new("bench").with_route_fn(|_| Some("/metrics"));
+    bench(
+        &mut group,
+        &rt,
+        "service_excluded",
+        tower::Layer::layer(&skipping, handler()),
         PlainRequest,
     );
     group.finish();
