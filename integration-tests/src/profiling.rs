@@ -1,8 +1,8 @@
 //! What the `/debug/pprof` tests drive: `go tool pprof`, headless Chromium, a bounded load
 //! generator, and an HTTP GET that keeps the headers and the raw bytes (profiles are gzip).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,66 +10,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use crate::tools::{fetch, Answer};
 use crate::tools::{tool, TempDir};
-
-/// An HTTP answer with its headers and undecoded body.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    /// Status code.
-    pub status: u16,
-    /// Header names lowercased, in order.
-    pub headers: Vec<(String, String)>,
-    /// The body as sent.
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    /// The first value of header `name` (lowercase).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// `GET path_and_query` over HTTP/1.0 (the server closes after the body), reading for at most
-/// `timeout`.
-pub fn fetch(addr: SocketAddr, path_and_query: &str, timeout: Duration) -> std::io::Result<Answer> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(Answer {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    })
-}
 
 /// Runs `go tool pprof ARGS` with its own `HOME`, `GOCACHE` and `PPROF_TMPDIR`, killing it
 /// after `timeout`.
