@@ -22,9 +22,10 @@ pin_project! {
 }
 
 impl<B: MessageBody> ResponseBody<B> {
-    pub(crate) fn new(inner: B, mut record: Option<RequestRecord>, bodiless: bool) -> Self {
+    pub(crate) fn new(inner: B, mut record: Option<RequestRecord>) -> Self {
         // actix never polls an empty body (`BodySize::None`, `Sized(0)`): the response is
         // complete as soon as it exists. A HEAD response sends no body bytes at all.
+        let bodiless = record.as_ref().is_some_and(RequestRecord::is_bodiless);
         if bodiless || matches!(inner.size(), BodySize::None | BodySize::Sized(0)) {
             if let Some(mut record) = record.take() {
                 record.complete();

@@ -5,7 +5,6 @@ use std::task::{ready, Context, Poll};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
-use actix_web::http::StatusCode;
 use actix_web::Error;
 use observe_core::RequestRecord;
 use pin_project_lite::pin_project;
@@ -70,17 +69,11 @@ where
         let mut record = this.record.take();
         Poll::Ready(match result {
             Ok(response) => {
-                let mut bodiless = false;
                 if let Some(record) = &mut record {
                     record.set_route(this.routes.resolve(response.request()));
-                    let status = response.status();
-                    record.responded(status.as_u16());
-                    bodiless = status.is_informational()
-                        || status == StatusCode::NO_CONTENT
-                        || status == StatusCode::NOT_MODIFIED
-                        || record.method().is_head();
+                    record.responded(response.status().as_u16());
                 }
-                Ok(response.map_body(|_, body| ResponseBody::new(body, record, bodiless)))
+                Ok(response.map_body(|_, body| ResponseBody::new(body, record)))
             }
             Err(error) => {
                 if let Some(mut record) = record {

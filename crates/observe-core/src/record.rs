@@ -97,6 +97,16 @@ impl RequestRecord {
         }
     }
 
+    /// Whether the response given to [`responded`](Self::responded) carries no body on the
+    /// wire (a `HEAD` request, or status 1xx, 204 or 304): servers never poll such a body, so
+    /// adapters complete the record as soon as the response exists.
+    pub fn is_bodiless(&self) -> bool {
+        self.method.is_head()
+            || (100..200).contains(&self.status)
+            || self.status == 204
+            || self.status == 304
+    }
+
     /// The inner service returned an error instead of a response: recorded as `500` now.
     pub fn fail(&mut self) {
         self.status = INTERNAL_SERVER_ERROR;
@@ -168,5 +178,42 @@ impl Drop for RequestRecord {
             };
             self.record(status);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{HttpMetrics, RouteId};
+
+    #[test]
+    fn responses_without_a_body_on_the_wire_are_bodiless() {
+        let metrics = HttpMetrics::new("t");
+        let bodiless = |method: &str, status: u16| {
+            let mut record = metrics.start(method, RouteId::UNMATCHED).unwrap();
+            record.responded(status);
+            record.is_bodiless()
+        };
+        assert!(bodiless("HEAD", 200));
+        assert!(bodiless("GET", 204));
+        assert!(bodiless("GET", 304));
+        assert!(bodiless("GET", 101));
+        assert!(!bodiless("GET", 200));
+        assert!(!bodiless("POST", 404));
+    }
+
+    #[test]
+    fn a_dropped_record_is_a_client_that_went_away_and_the_gauge_returns() {
+        let metrics = HttpMetrics::new("t");
+        let route = metrics.route(Some("/x"));
+        let mut record = metrics.start("GET", route).unwrap();
+        assert_eq!(metrics.active_requests("GET"), 1);
+        record.responded(200);
+        drop(record);
+        assert_eq!(metrics.active_requests("GET"), 0);
+        let text = crate::MetricsEncoder::new(metrics.registry().clone())
+            .encode(None)
+            .unwrap();
+        let text = String::from_utf8(text.body).unwrap();
+        assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="499",http_route="/x",service="t"} 1"#));
     }
 }

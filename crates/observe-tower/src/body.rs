@@ -20,9 +20,10 @@ pin_project! {
 }
 
 impl<B: Body> ResponseBody<B> {
-    pub(crate) fn new(inner: B, mut record: Option<RequestRecord>, bodiless: bool) -> Self {
+    pub(crate) fn new(inner: B, mut record: Option<RequestRecord>) -> Self {
         // Hyper never polls a body that is already at its end, nor the body of a HEAD, 204
         // or 304 response: the response is complete as soon as it exists.
+        let bodiless = record.as_ref().is_some_and(RequestRecord::is_bodiless);
         if bodiless || inner.is_end_stream() {
             if let Some(mut record) = record.take() {
                 record.complete();

@@ -54,15 +54,10 @@ where
         }
         Poll::Ready(match result {
             Ok(response) => {
-                let status = response.status();
                 if let Some(record) = &mut record {
-                    record.responded(status.as_u16());
+                    record.responded(response.status().as_u16());
                 }
-                let bodiless = status.is_informational()
-                    || status == http::StatusCode::NO_CONTENT
-                    || status == http::StatusCode::NOT_MODIFIED
-                    || record.as_ref().is_some_and(|r| r.method().is_head());
-                Ok(response.map(|body| ResponseBody::new(body, record, bodiless)))
+                Ok(response.map(|body| ResponseBody::new(body, record)))
             }
             Err(error) => {
                 if let Some(mut record) = record {
