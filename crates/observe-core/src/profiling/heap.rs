@@ -3,10 +3,11 @@
 use crate::profiling::error::PprofError;
 
 /// What a process needs for heap profiles; repeated in every "unavailable" answer.
-pub(crate) const HOW_TO_ENABLE: &str = "build with observe's `heap` feature, make \
-`observe_core::profiling::Jemalloc` the #[global_allocator], and start the process with \
-_RJEM_MALLOC_CONF=prof:true,prof_active:true,lg_prof_sample:19 (or export `_rjem_malloc_conf` \
-with that value, as examples/axum does); see docs/pprof.md";
+pub(crate) const HOW_TO_ENABLE: &str = "build with observe's `heap` feature and put \
+`observe_core::jemalloc_heap_profiling!();` in the binary crate (it installs jemalloc as the \
+global allocator with profiling on), or make `observe_core::profiling::Jemalloc` the \
+#[global_allocator] and start the process with \
+_RJEM_MALLOC_CONF=prof:true,prof_active:true,lg_prof_sample:19; see docs/pprof.md";
 
 /// Whether this process can produce a heap profile now; `Err` says why not and what to do.
 #[cfg(feature = "heap")]
