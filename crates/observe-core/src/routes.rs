@@ -62,12 +62,18 @@ impl RouteTable {
             return RouteId::UNMATCHED;
         };
         crate::cache::route(self.id, template, || {
-            // Bound first: a read guard alive in the match would deadlock `insert`.
-            let known = read(&self.ids).get(template).copied();
-            let id = known.unwrap_or_else(|| self.insert(template));
-            let name = (id != RouteId::OVERFLOW && !id.is_excluded())
-                .then(|| read(&self.names)[id.0 as usize].clone());
-            (id, name)
+            // Bound first: a read guard alive in a match would deadlock `insert`.
+            let known = read(&self.ids)
+                .get_key_value(template)
+                .map(|(name, id)| (*id, name.clone()));
+            match known {
+                Some((id, name)) => (id, Some(name)),
+                // Overflowing templates are not remembered anywhere, so not cached either.
+                None => match self.insert(template) {
+                    RouteId::OVERFLOW => (RouteId::OVERFLOW, None),
+                    id => (id, Some(read(&self.names)[id.0 as usize].clone())),
+                },
+            }
         })
     }
 

@@ -82,6 +82,8 @@ pin_project! {
     }
 }
 
+// Only axum's `Body` can be re-wrapped without changing the request's type.
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 impl<B> RequestBody<B> {
     /// Wraps `inner`, counting into `record`.
     pub(crate) fn new(inner: B, record: &mut RequestRecord) -> Self {
@@ -125,19 +127,16 @@ impl<B: Body> Body for RequestBody<B> {
 ///
 /// axum's `Body` is wrapped to count the bytes the handler actually reads; any other body type
 /// records its exact size hint (its `Content-Length`). A request without a body costs nothing.
-pub(crate) fn count_request_body<B: Body + 'static>(mut body: B, record: &mut RequestRecord) -> B {
+pub(crate) fn count_request_body<B: Body + 'static>(body: &mut B, record: &mut RequestRecord) {
     if body.is_end_stream() {
-        return body;
+        return;
     }
     #[cfg(feature = "axum")]
-    if let Some(axum_body) =
-        (&mut body as &mut dyn std::any::Any).downcast_mut::<axum::body::Body>()
-    {
+    if let Some(body) = (body as &mut dyn std::any::Any).downcast_mut::<axum::body::Body>() {
         // The placeholder is an empty body, which axum boxes without allocating.
-        let inner = std::mem::take(axum_body);
-        *axum_body = axum::body::Body::new(RequestBody::new(inner, record));
-        return body;
+        let inner = std::mem::take(body);
+        *body = axum::body::Body::new(RequestBody::new(inner, record));
+        return;
     }
     record.add_request_bytes(body.size_hint().exact().unwrap_or(0));
-    body
 }

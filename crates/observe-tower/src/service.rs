@@ -31,13 +31,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let (mut parts, body) = req.into_parts();
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let metrics = &self.layer.metrics;
         let mut slot = None;
         let route = match &self.layer.route_fn {
-            Some(route_fn) => metrics.route(route_fn(&parts)),
-            None => match nested::route_of(&mut parts, metrics) {
+            Some(route_fn) => {
+                let (parts, body) = req.into_parts();
+                let route = metrics.route(route_fn(&parts));
+                req = Request::from_parts(parts, body);
+                route
+            }
+            None => match nested::route_of(req.extensions_mut(), metrics) {
                 nested::Route::Resolved(route) => route,
                 nested::Route::Unknown(s) => {
                     slot = Some(s);
@@ -46,13 +50,12 @@ where
                 nested::Route::ObservedOutside => RouteId::EXCLUDED,
             },
         };
-        let mut record: Option<RequestRecord> = metrics.start(parts.method.as_str(), route);
-        let body = match &mut record {
-            Some(record) => count_request_body(body, record),
-            None => body,
-        };
+        let mut record: Option<RequestRecord> = metrics.start(req.method().as_str(), route);
+        if let Some(record) = &mut record {
+            count_request_body(req.body_mut(), record);
+        }
         ResponseFuture::new(
-            self.inner.call(Request::from_parts(parts, body)),
+            self.inner.call(req),
             record,
             slot.map(|s| (s, metrics.clone())),
         )
@@ -65,7 +68,7 @@ pub(crate) mod nested {
     use std::sync::{Arc, OnceLock};
 
     use axum::extract::MatchedPath;
-    use http::request::Parts;
+    use http::Extensions;
     use observe_core::{HttpMetrics, RouteId};
 
     /// Where an inner `ObserveLayer` (on a router mounted by `nest_service`) leaves the full
@@ -87,9 +90,9 @@ pub(crate) mod nested {
         ObservedOutside,
     }
 
-    pub(crate) fn route_of(parts: &mut Parts, metrics: &HttpMetrics) -> Route {
-        let path = parts.extensions.get::<MatchedPath>();
-        if let Some(slot) = parts.extensions.get::<RouteSlot>() {
+    pub(crate) fn route_of(extensions: &mut Extensions, metrics: &HttpMetrics) -> Route {
+        let path = extensions.get::<MatchedPath>();
+        if let Some(slot) = extensions.get::<RouteSlot>() {
             if let Some(path) = path {
                 let _ = slot.0.set(path.clone());
             }
@@ -99,7 +102,7 @@ pub(crate) mod nested {
             Some(path) => Route::Resolved(metrics.route(Some(path.as_str()))),
             None => {
                 let slot = RouteSlot::default();
-                parts.extensions.insert(slot.clone());
+                extensions.insert(slot.clone());
                 Route::Unknown(slot)
             }
         }
@@ -110,7 +113,7 @@ pub(crate) mod nested {
 pub(crate) mod nested {
     //! Without axum there is no template in the request: everything is `unmatched` unless a
     //! route function is given.
-    use http::request::Parts;
+    use http::Extensions;
     use observe_core::{HttpMetrics, RouteId};
 
     #[derive(Clone, Debug, Default)]
@@ -130,7 +133,7 @@ pub(crate) mod nested {
         ObservedOutside,
     }
 
-    pub(crate) fn route_of(_: &mut Parts, _: &HttpMetrics) -> Route {
+    pub(crate) fn route_of(_: &mut Extensions, _: &HttpMetrics) -> Route {
         Route::Resolved(RouteId::UNMATCHED)
     }
 }
