@@ -62,7 +62,121 @@ fn overhead(c: &mut Criterion) {
             b.iter_custom(|iters| system.block_on(drive(&observed, iters, path)))
         });
     }
+    // The least any recording middleware must do through the same `wrap`: read the clock when
+    // the request enters and again when its response body ends (which means wrapping it).
+    let floor = system.block_on(test::init_service(
+        App::new().configure(api).wrap(floor::Floor),
+    ));
+    group.bench_function("actix_floor", |b| {
+        b.iter_custom(|iters| system.block_on(drive(&floor, iters, "/users/42")))
+    });
     group.finish();
+}
+
+/// A middleware that only times requests to the end of their response bodies.
+mod floor {
+    use std::future::{ready, Future, Ready};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use actix_web::body::{BodySize, MessageBody};
+    use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
+    use actix_web::Error;
+    use bytes::Bytes;
+    use pin_project_lite::pin_project;
+
+    pub(crate) struct Floor;
+
+    impl<S, B> Transform<S, ServiceRequest> for Floor
+    where
+        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+        B: MessageBody,
+    {
+        type Response = ServiceResponse<FloorBody<B>>;
+        type Error = Error;
+        type Transform = FloorService<S>;
+        type InitError = ();
+        type Future = Ready<Result<FloorService<S>, ()>>;
+
+        fn new_transform(&self, service: S) -> Self::Future {
+            ready(Ok(FloorService { service }))
+        }
+    }
+
+    pub(crate) struct FloorService<S> {
+        service: S,
+    }
+
+    impl<S, B> Service<ServiceRequest> for FloorService<S>
+    where
+        S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+        B: MessageBody,
+    {
+        type Response = ServiceResponse<FloorBody<B>>;
+        type Error = Error;
+        type Future = FloorFuture<S::Future>;
+
+        forward_ready!(service);
+
+        fn call(&self, req: ServiceRequest) -> Self::Future {
+            FloorFuture {
+                inner: self.service.call(req),
+                started: Some(quanta::Instant::now()),
+            }
+        }
+    }
+
+    pin_project! {
+        pub(crate) struct FloorFuture<F> {
+            #[pin]
+            inner: F,
+            started: Option<quanta::Instant>,
+        }
+    }
+
+    impl<F, B> Future for FloorFuture<F>
+    where
+        F: Future<Output = Result<ServiceResponse<B>, Error>>,
+    {
+        type Output = Result<ServiceResponse<FloorBody<B>>, Error>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let this = self.project();
+            let result = std::task::ready!(this.inner.poll(cx));
+            let started = this.started.take();
+            Poll::Ready(result.map(|r| r.map_body(|_, inner| FloorBody { inner, started })))
+        }
+    }
+
+    pin_project! {
+        pub(crate) struct FloorBody<B> {
+            #[pin]
+            inner: B,
+            started: Option<quanta::Instant>,
+        }
+    }
+
+    impl<B: MessageBody> MessageBody for FloorBody<B> {
+        type Error = B::Error;
+
+        fn size(&self) -> BodySize {
+            self.inner.size()
+        }
+
+        fn poll_next(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+            let this = self.project();
+            let item = std::task::ready!(this.inner.poll_next(cx));
+            if item.is_none() {
+                if let Some(started) = this.started.take() {
+                    std::hint::black_box(started.elapsed());
+                }
+            }
+            Poll::Ready(item)
+        }
+    }
 }
 
 criterion_group!(benches, overhead);

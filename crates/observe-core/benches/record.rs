@@ -2,6 +2,7 @@
 //!
 //! `record_cached_route`: resolve a route template seen before, start a record, respond,
 //! count a body, complete — what every adapter does once per request.
+//! `record_contended_2_threads`: the same on two threads at once, on the same series.
 
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
@@ -41,6 +42,31 @@ fn record(c: &mut Criterion) {
             let mut record = metrics.start("GET", route).unwrap();
             record.responded(200);
             record.complete();
+        })
+    });
+    // Two threads recording the same series at once, as two busy workers on one hot route:
+    // time per record on each thread. Shared counters would bounce between the cores here.
+    let metrics = HttpMetrics::new("bench");
+    c.bench_function("record_contended_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let barrier = std::sync::Barrier::new(2);
+            let one = || {
+                barrier.wait();
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    let route = metrics.route(Some("/users/{id}"));
+                    let mut record = metrics.start("GET", route).unwrap();
+                    record.responded(200);
+                    record.add_response_bytes(7);
+                    record.complete();
+                }
+                start.elapsed()
+            };
+            std::thread::scope(|s| {
+                let other = s.spawn(one);
+                let mine = one();
+                mine.max(other.join().unwrap())
+            })
         })
     });
     c.bench_function("std_instant_now_twice", |b| {

@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
@@ -8,7 +7,7 @@ use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
 use crate::error::ObserveError;
 use crate::histogram::{Bounds, HistogramSnapshot};
 use crate::labels::{MethodLabel, METHOD, ROUTE, SERVICE, STATUS};
-use crate::metrics::State;
+use crate::metrics::{Histogram, State};
 use crate::routes::read;
 
 pub(crate) const DURATION: &str = "http_server_request_duration_seconds";
@@ -138,20 +137,20 @@ impl Collector for HttpCollector {
                     (METHOD, key.method().as_str()),
                     (STATUS, &status),
                 ]);
-                let snapshot = s.duration.snapshot();
+                let snapshot = s.snapshot(state, Histogram::Duration);
                 let mut counter = proto::Counter::default();
                 counter.set_value(snapshot.count as f64);
                 let mut m = Metric::from_label(labels.clone());
                 m.set_counter(counter);
                 counts.push(m);
-                if let (Some(bounds), Some(req), Some(resp)) =
-                    (&state.size_bounds, &s.request_size, &s.response_size)
-                {
+                if let Some(bounds) = &state.size_bounds {
                     let mut m = Metric::from_label(labels.clone());
-                    m.set_histogram(histogram(&req.snapshot(), bounds));
+                    let request = s.snapshot(state, Histogram::RequestSize);
+                    m.set_histogram(histogram(&request, bounds));
                     request_sizes.push(m);
                     let mut m = Metric::from_label(labels.clone());
-                    m.set_histogram(histogram(&resp.snapshot(), bounds));
+                    let response = s.snapshot(state, Histogram::ResponseSize);
+                    m.set_histogram(histogram(&response, bounds));
                     response_sizes.push(m);
                 }
                 let mut m = Metric::from_label(labels);
@@ -160,10 +159,10 @@ impl Collector for HttpCollector {
             }
         }
         let active = MethodLabel::all()
-            .filter(|m| state.active_seen[m.index()].load(Ordering::Relaxed))
-            .map(|m| {
+            .filter_map(|m| Some((m, state.active_requests(m)?)))
+            .map(|(m, active)| {
                 let mut g = proto::Gauge::default();
-                g.set_value(state.active[m.index()].load(Ordering::Relaxed) as f64);
+                g.set_value(active as f64);
                 let mut metric = Metric::from_label(self.labels(&[(METHOD, m.as_str())]));
                 metric.set_gauge(g);
                 metric

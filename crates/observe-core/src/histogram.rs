@@ -1,5 +1,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::shard::Shard;
+
 /// Upper bounds of a histogram, kept both in the integer unit we count in (nanoseconds, bytes)
 /// and in the unit we expose (seconds, bytes).
 #[derive(Debug, Clone)]
@@ -26,7 +28,7 @@ impl Bounds {
         }
     }
 
-    /// Index of the bucket a value falls in; `len()` is the implicit `+Inf` bucket.
+    /// Index of the bucket a value falls in; one past the last bound is `+Inf`.
     #[inline]
     pub(crate) fn bucket_of(&self, value: u64) -> usize {
         // A handful of bounds: a linear scan beats a binary search here.
@@ -40,57 +42,57 @@ impl Bounds {
         &self.exposed
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.upper.len()
+    /// Cells one histogram with these bounds takes: see [`Bounds::observe`].
+    pub(crate) fn cells(&self) -> usize {
+        self.upper.len() + 2
+    }
+
+    /// Records `value` into `cells`, one histogram's cells in `shard`'s copy: the buckets,
+    /// stored non-cumulatively (the last is `+Inf`), then the sum. Two additions to the
+    /// recording thread's own copy, no lock-prefixed instruction. The count is the sum of the
+    /// buckets, so count and buckets are always consistent in an exposition; the sum may lag
+    /// by observations in flight.
+    #[inline]
+    pub(crate) fn observe(&self, cells: &[AtomicU64], shard: Shard, value: u64) {
+        if let [buckets @ .., sum] = cells {
+            if let Some(bucket) = buckets.get(self.bucket_of(value)) {
+                shard.add(bucket, 1);
+            }
+            shard.add(sum, value);
+        }
     }
 }
 
-/// A histogram that costs two relaxed atomic additions per observation.
-///
-/// Buckets are stored non-cumulatively; the count is the sum of the buckets, so count and
-/// buckets are always consistent in an exposition. The sum may lag by observations in flight.
-#[derive(Debug)]
-pub(crate) struct AtomicHistogram {
-    buckets: Box<[AtomicU64]>,
-    sum: AtomicU64,
-}
-
-/// A consistent-enough copy of an [`AtomicHistogram`], cumulative like the exposition.
+/// One histogram summed over shards, cumulative like the exposition.
+#[derive(Debug, Default)]
 pub(crate) struct HistogramSnapshot {
     pub(crate) cumulative: Vec<u64>,
     pub(crate) count: u64,
     pub(crate) sum: u64,
 }
 
-impl AtomicHistogram {
-    pub(crate) fn new(bounds: &Bounds) -> Self {
-        AtomicHistogram {
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
+impl HistogramSnapshot {
+    /// Adds one shard's copy of a histogram's cells.
+    pub(crate) fn add(&mut self, cells: &[AtomicU64]) {
+        let [buckets @ .., sum] = cells else { return };
+        if self.cumulative.len() < buckets.len() {
+            self.cumulative.resize(buckets.len(), 0);
         }
+        for (total, bucket) in self.cumulative.iter_mut().zip(buckets) {
+            *total += bucket.load(Ordering::Relaxed);
+        }
+        self.sum = self.sum.wrapping_add(sum.load(Ordering::Relaxed));
     }
 
-    #[inline]
-    pub(crate) fn observe(&self, bounds: &Bounds, value: u64) {
-        self.buckets[bounds.bucket_of(value)].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(value, Ordering::Relaxed);
-    }
-
-    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+    /// Turns the per-bucket totals into the exposition's cumulative counts and count.
+    pub(crate) fn finish(mut self) -> Self {
         let mut running = 0u64;
-        let cumulative: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| {
-                running += b.load(Ordering::Relaxed);
-                running
-            })
-            .collect();
-        HistogramSnapshot {
-            count: running,
-            cumulative,
-            sum: self.sum.load(Ordering::Relaxed),
+        for total in &mut self.cumulative {
+            running += *total;
+            *total = running;
         }
+        self.count = running;
+        self
     }
 }
 
@@ -109,13 +111,24 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_is_cumulative_and_counts_every_observation() {
+    fn snapshot_sums_shards_is_cumulative_and_counts_every_observation() {
         let bounds = Bounds::new(&[10.0, 100.0], 1.0);
-        let h = AtomicHistogram::new(&bounds);
-        for v in [1, 10, 50, 500, 5000] {
-            h.observe(&bounds, v);
+        let cells = || {
+            (0..bounds.cells())
+                .map(|_| AtomicU64::new(0))
+                .collect::<Vec<_>>()
+        };
+        let (mine, shared) = (cells(), cells());
+        for v in [1, 10, 50] {
+            bounds.observe(&mine, Shard::current(), v);
         }
-        let s = h.snapshot();
+        for v in [500, 5000] {
+            bounds.observe(&shared, Shard::SHARED, v);
+        }
+        let mut s = HistogramSnapshot::default();
+        s.add(&mine);
+        s.add(&shared);
+        let s = s.finish();
         assert_eq!(s.cumulative, vec![2, 3, 5]);
         assert_eq!(s.count, 5);
         assert_eq!(s.sum, 5561);

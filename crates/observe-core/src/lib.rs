@@ -39,6 +39,7 @@ mod metrics;
 pub mod profiling;
 mod record;
 mod routes;
+mod shard;
 
 pub use config::{
     ObserveBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_MAX_ROUTES, DEFAULT_SIZE_BUCKETS,

@@ -1,17 +1,18 @@
 use quanta::Instant;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus::Registry;
 
 use crate::collector::HttpCollector;
 use crate::config::ObserveBuilder;
 use crate::error::ObserveError;
-use crate::histogram::{AtomicHistogram, Bounds};
+use crate::histogram::{Bounds, HistogramSnapshot};
 use crate::labels::MethodLabel;
 use crate::record::RequestRecord;
 use crate::routes::{read, write, RouteId, RouteTable};
+use crate::shard::{Shard, SHARDS};
 
 /// One service's HTTP metric families, registered on a [`Registry`].
 ///
@@ -34,8 +35,17 @@ pub(crate) struct State {
     pub(crate) series: RwLock<HashMap<SeriesKey, Arc<Series>, foldhash::fast::RandomState>>,
     pub(crate) duration_bounds: Bounds,
     pub(crate) size_bounds: Option<Bounds>,
-    pub(crate) active: [AtomicI64; MethodLabel::COUNT],
-    pub(crate) active_seen: [AtomicBool; MethodLabel::COUNT],
+    /// Requests started and finished per method, per shard: the in-flight gauge is their
+    /// difference.
+    requests: Box<[MethodCounters; SHARDS]>,
+}
+
+/// One shard's started and finished requests per method, on cache lines of their own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct MethodCounters {
+    started: [AtomicU64; MethodLabel::COUNT],
+    finished: [AtomicU64; MethodLabel::COUNT],
 }
 
 /// `(route, method, status)` packed into one word.
@@ -60,13 +70,43 @@ impl SeriesKey {
     }
 }
 
-/// The histograms of one `(route, method, status)`; the request counter is the duration
-/// histogram's count, so it costs nothing extra.
-#[derive(Debug)]
+/// The histograms of one `(route, method, status)`, one copy per shard that recorded into it
+/// (allocated on a thread's first request of the series): duration, then, unless turned off,
+/// request and response size. The request counter is the duration histogram's count, so it
+/// costs nothing extra.
+#[derive(Debug, Default)]
 pub(crate) struct Series {
-    pub(crate) duration: AtomicHistogram,
-    pub(crate) request_size: Option<AtomicHistogram>,
-    pub(crate) response_size: Option<AtomicHistogram>,
+    shards: [OnceLock<Box<[AtomicU64]>>; SHARDS],
+}
+
+/// Which of a series' histograms.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Histogram {
+    Duration,
+    RequestSize,
+    ResponseSize,
+}
+
+impl Series {
+    /// `shard`'s copy of the cells, allocated on first use.
+    #[inline]
+    fn cells(&self, shard: Shard, state: &State) -> &[AtomicU64] {
+        self.shards[shard.index()].get_or_init(|| {
+            (0..state.cells_per_shard())
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        })
+    }
+
+    /// One histogram summed over the shards.
+    pub(crate) fn snapshot(&self, state: &State, which: Histogram) -> HistogramSnapshot {
+        let range = state.cells_of(which);
+        let mut snapshot = HistogramSnapshot::default();
+        for cells in self.shards.iter().filter_map(OnceLock::get) {
+            snapshot.add(&cells[range.clone()]);
+        }
+        snapshot.finish()
+    }
 }
 
 /// What a finished request contributes to its series.
@@ -110,8 +150,7 @@ impl HttpMetrics {
             size_bounds: config
                 .size_histograms
                 .then(|| Bounds::new(&config.size_buckets, 1.0)),
-            active: Default::default(),
-            active_seen: Default::default(),
+            requests: Box::default(),
             service: config.service,
         });
         let collector = HttpCollector::new(state.clone())?;
@@ -163,29 +202,66 @@ impl HttpMetrics {
             return None;
         }
         let method = MethodLabel::from_method(method);
-        let i = method.index();
-        self.state.active[i].fetch_add(1, Ordering::Relaxed);
-        if !self.state.active_seen[i].load(Ordering::Relaxed) {
-            self.state.active_seen[i].store(true, Ordering::Relaxed);
-        }
+        let shard = Shard::current();
+        shard.add(
+            &self.state.requests[shard.index()].started[method.index()],
+            1,
+        );
         Some(RequestRecord::new(self.state.clone(), method, route))
     }
 
-    /// Current `http_server_active_requests` for one method, summed over nothing else.
+    /// Current `http_server_active_requests` for one method.
     pub fn active_requests(&self, method: &str) -> i64 {
-        self.state.active[MethodLabel::from_method(method).index()].load(Ordering::Relaxed)
+        self.state
+            .active_requests(MethodLabel::from_method(method))
+            .unwrap_or(0)
     }
 }
 
 impl State {
-    pub(crate) fn observe(&self, o: Observation) {
+    /// Requests of `method` in flight; `None` if none ever started.
+    pub(crate) fn active_requests(&self, method: MethodLabel) -> Option<i64> {
+        let total = |counter: fn(&MethodCounters) -> &[AtomicU64; MethodLabel::COUNT]| {
+            self.requests
+                .iter()
+                .map(|shard| counter(shard)[method.index()].load(Ordering::Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
+        // Finished first: every request counted finished by then was counted started before,
+        // so the difference is never negative.
+        let finished = total(|c| &c.finished);
+        let started = total(|c| &c.started);
+        (started > 0).then(|| started.saturating_sub(finished).min(i64::MAX as u64) as i64)
+    }
+
+    /// A request ends: it leaves the gauge and, unless its route is excluded, is observed.
+    pub(crate) fn finish(&self, method: MethodLabel, o: Option<Observation>) {
+        let shard = Shard::current();
+        shard.add(&self.requests[shard.index()].finished[method.index()], 1);
+        let Some(o) = o else { return };
         let nanos = o.started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         crate::cache::with_series(
             self.id,
             o.key,
             || self.series(o.key),
-            |s| self.observe_into(s, nanos, &o),
+            |s| self.observe_into(s, shard, nanos, &o),
         );
+    }
+
+    /// Cells of one shard of a series.
+    fn cells_per_shard(&self) -> usize {
+        self.duration_bounds.cells() + 2 * self.size_bounds.as_ref().map_or(0, Bounds::cells)
+    }
+
+    /// Where a histogram's cells lie in a shard of a series.
+    pub(crate) fn cells_of(&self, which: Histogram) -> std::ops::Range<usize> {
+        let duration = self.duration_bounds.cells();
+        let size = self.size_bounds.as_ref().map_or(0, Bounds::cells);
+        match which {
+            Histogram::Duration => 0..duration,
+            Histogram::RequestSize => duration..duration + size,
+            Histogram::ResponseSize => duration + size..duration + 2 * size,
+        }
     }
 
     fn series(&self, key: SeriesKey) -> Arc<Series> {
@@ -193,26 +269,18 @@ impl State {
             return s.clone();
         }
         let mut series = write(&self.series);
-        series
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Series {
-                    duration: AtomicHistogram::new(&self.duration_bounds),
-                    request_size: self.size_bounds.as_ref().map(AtomicHistogram::new),
-                    response_size: self.size_bounds.as_ref().map(AtomicHistogram::new),
-                })
-            })
-            .clone()
+        series.entry(key).or_default().clone()
     }
 
     #[inline]
-    fn observe_into(&self, s: &Series, nanos: u64, o: &Observation) {
-        s.duration.observe(&self.duration_bounds, nanos);
-        if let (Some(bounds), Some(req), Some(resp)) =
-            (&self.size_bounds, &s.request_size, &s.response_size)
-        {
-            req.observe(bounds, o.request_bytes);
-            resp.observe(bounds, o.response_bytes);
+    fn observe_into(&self, s: &Series, shard: Shard, nanos: u64, o: &Observation) {
+        let cells = s.cells(shard, self);
+        let (duration, sizes) = cells.split_at(self.duration_bounds.cells());
+        self.duration_bounds.observe(duration, shard, nanos);
+        if let Some(bounds) = &self.size_bounds {
+            let (request, response) = sizes.split_at(bounds.cells());
+            bounds.observe(request, shard, o.request_bytes);
+            bounds.observe(response, shard, o.response_bytes);
         }
     }
 }

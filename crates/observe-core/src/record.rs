@@ -78,18 +78,21 @@ impl RequestRecord {
     }
 
     /// The request's method label.
+    #[inline]
     pub fn method(&self) -> MethodLabel {
         self.method
     }
 
     /// Sets the route once the framework knows it (actix matches after middleware runs).
     /// An excluded route leaves the request unrecorded.
+    #[inline]
     pub fn set_route(&mut self, route: RouteId) {
         self.route = route;
     }
 
     /// A response head with this status exists. Until [`complete`](Self::complete), a drop
     /// still means the client did not get the whole response.
+    #[inline]
     pub fn responded(&mut self, status: u16) {
         if self.progress == Progress::Waiting {
             self.status = status;
@@ -100,6 +103,7 @@ impl RequestRecord {
     /// Whether the response given to [`responded`](Self::responded) carries no body on the
     /// wire (a `HEAD` request, or status 1xx, 204 or 304): servers never poll such a body, so
     /// adapters complete the record as soon as the response exists.
+    #[inline]
     pub fn is_bodiless(&self) -> bool {
         self.method.is_head()
             || (100..200).contains(&self.status)
@@ -136,6 +140,7 @@ impl RequestRecord {
 
     /// The response body ended: records the request with the status given to
     /// [`responded`](Self::responded). Later calls and the drop do nothing.
+    #[inline]
     pub fn complete(&mut self) {
         if self.progress == Progress::Responded {
             self.record(self.status);
@@ -147,28 +152,26 @@ impl RequestRecord {
     }
 
     /// Whether the request has been recorded.
+    #[inline]
     pub fn is_recorded(&self) -> bool {
         self.progress == Progress::Recorded
     }
 
     fn record(&mut self, status: u16) {
         self.progress = Progress::Recorded;
-        self.state.active[self.method.index()].fetch_sub(1, Ordering::Relaxed);
-        if self.route.is_excluded() {
-            return;
-        }
-        let request_bytes =
-            self.request_bytes + self.request_tally.as_ref().map_or(0, ByteTally::get);
-        self.state.observe(Observation {
+        let observation = (!self.route.is_excluded()).then(|| Observation {
             key: SeriesKey::new(self.route, self.method, status),
             started: self.started,
-            request_bytes,
+            request_bytes: self.request_bytes
+                + self.request_tally.as_ref().map_or(0, ByteTally::get),
             response_bytes: self.response_bytes,
         });
+        self.state.finish(self.method, observation);
     }
 }
 
 impl Drop for RequestRecord {
+    #[inline]
     fn drop(&mut self) {
         if self.progress != Progress::Recorded {
             let status = if std::thread::panicking() {
@@ -215,5 +218,32 @@ mod tests {
             .unwrap();
         let text = String::from_utf8(text.body).unwrap();
         assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="499",http_route="/x",service="t"} 1"#));
+    }
+
+    #[test]
+    fn a_request_started_on_one_thread_and_finished_on_another_is_counted_once() {
+        let metrics = HttpMetrics::new("t");
+        let route = metrics.route(Some("/x"));
+        let records: Vec<_> = (0..100)
+            .map(|_| metrics.start("GET", route).unwrap())
+            .collect();
+        assert_eq!(metrics.active_requests("GET"), 100);
+        // Tokio moves tasks between workers: the end lands in another thread's shard.
+        std::thread::spawn(move || {
+            for mut record in records {
+                record.responded(200);
+                record.complete();
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(metrics.active_requests("GET"), 0);
+        let text = crate::MetricsEncoder::new(metrics.registry().clone())
+            .encode(None)
+            .unwrap();
+        let text = String::from_utf8(text.body).unwrap();
+        assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 100"#));
+        assert!(text
+            .contains(r#"http_server_active_requests{http_request_method="GET",service="t"} 0"#));
     }
 }

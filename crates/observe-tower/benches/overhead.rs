@@ -155,7 +155,111 @@ fn overhead(c: &mut Criterion) {
         tower::Layer::layer(&skipping, handler()),
         PlainRequest,
     );
+    // The least any recording layer must do, through the same `Router::layer`: read the clock
+    // when the request enters and again when its response body ends (which means wrapping the
+    // body). The gap between this and `axum_bare` is the floor under any layer's added cost.
+    bench(
+        &mut group,
+        &rt,
+        "axum_floor_layer",
+        served(router().layer(floor::FloorLayer)),
+        AxumRequest,
+    );
     group.finish();
+}
+
+/// A layer that only times requests to the end of their response bodies, and records nothing.
+mod floor {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{ready, Context, Poll};
+
+    use http::{Request, Response};
+    use http_body::{Body, Frame};
+    use pin_project_lite::pin_project;
+    use tower::{Layer, Service};
+
+    #[derive(Clone)]
+    pub(crate) struct FloorLayer;
+
+    impl<S> Layer<S> for FloorLayer {
+        type Service = Floor<S>;
+        fn layer(&self, inner: S) -> Floor<S> {
+            Floor(inner)
+        }
+    }
+
+    #[derive(Clone)]
+    pub(crate) struct Floor<S>(S);
+
+    impl<S, Q, B> Service<Request<Q>> for Floor<S>
+    where
+        S: Service<Request<Q>, Response = Response<B>>,
+    {
+        type Response = Response<FloorBody<B>>;
+        type Error = S::Error;
+        type Future = FloorFuture<S::Future>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: Request<Q>) -> Self::Future {
+            FloorFuture {
+                inner: self.0.call(req),
+                started: Some(quanta::Instant::now()),
+            }
+        }
+    }
+
+    pin_project! {
+        pub(crate) struct FloorFuture<F> {
+            #[pin]
+            inner: F,
+            started: Option<quanta::Instant>,
+        }
+    }
+
+    impl<F, B, E> Future for FloorFuture<F>
+    where
+        F: Future<Output = Result<Response<B>, E>>,
+    {
+        type Output = Result<Response<FloorBody<B>>, E>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let this = self.project();
+            let result = ready!(this.inner.poll(cx));
+            let started = this.started.take();
+            Poll::Ready(result.map(|r| r.map(|inner| FloorBody { inner, started })))
+        }
+    }
+
+    pin_project! {
+        pub(crate) struct FloorBody<B> {
+            #[pin]
+            inner: B,
+            started: Option<quanta::Instant>,
+        }
+    }
+
+    impl<B: Body> Body for FloorBody<B> {
+        type Data = B::Data;
+        type Error = B::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+            let this = self.project();
+            let frame = ready!(this.inner.poll_frame(cx));
+            if frame.is_none() {
+                if let Some(started) = this.started.take() {
+                    std::hint::black_box(started.elapsed());
+                }
+            }
+            Poll::Ready(frame)
+        }
+    }
 }
 
 criterion_group!(benches, overhead);
