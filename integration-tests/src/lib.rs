@@ -3,8 +3,12 @@
 //!
 //! The examples are the binaries cargo builds for `example-axum` and `example-actix`; the
 //! test command (`.ci/run`) builds them first, and [`Example::start`] builds a missing one.
+//!
+//! [`contract`] holds the metric contract as one table of cases that the framework crates'
+//! own `tests/contract.rs` run against their test apps.
 
 pub mod allocations;
+pub mod contract;
 mod dashboard;
 mod profiling;
 mod tools;

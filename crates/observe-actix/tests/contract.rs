@@ -9,7 +9,10 @@ use actix_web::dev::{ServerHandle, Service, ServiceResponse};
 use actix_web::error::{ErrorForbidden, ErrorServiceUnavailable};
 use actix_web::{guard, web, App, HttpResponse, HttpServer, Route};
 use bytes::Bytes;
-use integration_tests::{parse_exposition, Sample};
+use integration_tests::contract::{
+    self, active, assert_promtool_accepts, client, eventually, requests, scrape, send, value, Case,
+    Request, Series,
+};
 use observe_actix::{prometheus, Observe};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,19 +57,30 @@ fn get() -> Route {
     web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
+/// The routes of `integration_tests::contract`, plus same-shaped, slow, streaming, panicking,
+/// excluded and failing ones.
 fn api(config: &mut web::ServiceConfig) {
     config
         .service(web::resource("/users/{id}").route(get().to(|| async { "user\n" })))
         .service(web::resource("/health").route(get().to(|| async { "ok" })))
+        .service(
+            web::resource("/fail")
+                .route(get().to(|| async { HttpResponse::InternalServerError().body("failed") })),
+        )
+        .service(web::resource("/echo").route(web::post().to(|body: Bytes| async move { body })))
+        // No guard: every method, invented ones included.
+        .service(web::resource("/any").route(web::route().to(|| async { "any method" })))
         // Same shape, different resources: the labels must stay apart.
         .service(web::resource("/files/{n:\\d+}").route(get().to(|| async { "number" })))
         .service(web::resource("/files/{name:[a-z]+}").route(get().to(|| async { "name" })))
         .service(
-            web::scope("/api").service(
-                web::scope("/v{version}")
-                    .service(web::resource("/items/{id}").route(get().to(|| async { "item" })))
-                    .service(web::resource("/status").route(get().to(|| async { "up" }))),
-            ),
+            web::scope("/api")
+                .service(web::resource("/items/{id}").route(get().to(|| async { "item" })))
+                .service(
+                    web::scope("/v{version}")
+                        .service(web::resource("/items/{id}").route(get().to(|| async { "item" })))
+                        .service(web::resource("/status").route(get().to(|| async { "up" }))),
+                ),
         )
         .service(web::resource("/slow").route(get().to(slow)))
         .service(web::resource("/stream").route(get().to(stream)))
@@ -99,6 +113,8 @@ fn api(config: &mut web::ServiceConfig) {
 
 struct Server {
     addr: SocketAddr,
+    /// `http://ADDR`, what the `contract` helpers take.
+    base_url: String,
     observe: Observe,
     handle: ServerHandle,
 }
@@ -137,6 +153,7 @@ fn serve(observe: Observe) -> Server {
         .expect("server starts");
     Server {
         addr,
+        base_url: format!("http://{addr}"),
         observe,
         handle,
     }
@@ -146,210 +163,48 @@ fn start(service: &str) -> Server {
     serve(Observe::new(service))
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().build().expect("client")
-}
-
 fn url(server: &Server, path: &str) -> String {
-    format!("http://{}{}", server.addr, path)
-}
-
-async fn send(server: &Server, method: &str, path: &str) -> u16 {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let res = client()
-        .request(method, url(server, path))
-        .send()
-        .await
-        .expect("response");
-    let status = res.status().as_u16();
-    res.bytes().await.expect("whole body");
-    status
-}
-
-async fn scrape(server: &Server) -> Vec<Sample> {
-    let text = client()
-        .get(url(server, "/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
-    parse_exposition(&text)
-}
-
-/// The one sample of `name` whose labels include all of `labels`; 0 when there is none.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
-        .collect();
-    assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
-    found.first().map_or(0.0, |s| s.value)
-}
-
-fn requests(samples: &[Sample], route: &str, method: &str, status: &str) -> f64 {
-    let labels = [
-        ("http_route", route),
-        ("http_request_method", method),
-        ("http_response_status_code", status),
-    ];
-    let count = value(samples, "http_server_requests_total", &labels);
-    // Both are written by the same observation.
-    let durations = value(
-        samples,
-        "http_server_request_duration_seconds_count",
-        &labels,
-    );
-    assert_eq!(
-        count, durations,
-        "requests_total vs duration count for {labels:?}"
-    );
-    count
-}
-
-fn active(samples: &[Sample], method: &str) -> f64 {
-    value(
-        samples,
-        "http_server_active_requests",
-        &[("http_request_method", method)],
-    )
-}
-
-/// Scrapes until `check` holds (actix finishes a dropped connection on its own schedule),
-/// for at most 20 s; returns the samples that satisfied it.
-async fn eventually(server: &Server, what: &str, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
-    for _ in 0..400 {
-        let samples = scrape(server).await;
-        if check(&samples) {
-            return samples;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let last: Vec<String> = scrape(server)
-        .await
-        .iter()
-        .filter(|s| {
-            s.name == "http_server_requests_total" || s.name == "http_server_active_requests"
-        })
-        .map(|s| format!("{s:?}"))
-        .collect();
-    panic!("never happened: {what}; last scrape: {last:#?}");
+    format!("{}{path}", server.base_url)
 }
 
 #[tokio::test]
-async fn counts_are_exact_per_route_method_and_status() {
-    let server = start("counts");
-    for id in 1..=3 {
-        assert_eq!(send(&server, "GET", &format!("/users/{id}")).await, 200);
-    }
-    assert_eq!(send(&server, "GET", "/health").await, 200);
-    assert_eq!(send(&server, "GET", "/health").await, 200);
-    assert_eq!(send(&server, "POST", "/users/1").await, 405);
-    assert_eq!(send(&server, "DELETE", "/users/2").await, 405);
-    assert_eq!(send(&server, "GET", "/files/42").await, 200);
-    assert_eq!(send(&server, "GET", "/files/abc").await, 200);
-    assert_eq!(send(&server, "GET", "/files/abc").await, 200);
-    assert_eq!(send(&server, "GET", "/nowhere").await, 404);
-    assert_eq!(send(&server, "GET", "/users/1/extra").await, 404);
-    assert_eq!(send(&server, "GET", "/metrics").await, 200);
-
-    let s = scrape(&server).await;
-    assert_eq!(requests(&s, "/users/{id}", "GET", "200"), 3.0);
-    assert_eq!(requests(&s, "/health", "GET", "200"), 2.0);
-    assert_eq!(requests(&s, "/users/{id}", "POST", "405"), 1.0);
-    assert_eq!(requests(&s, "/users/{id}", "DELETE", "405"), 1.0);
-    assert_eq!(requests(&s, "/files/{n:\\d+}", "GET", "200"), 1.0);
-    assert_eq!(requests(&s, "/files/{name:[a-z]+}", "GET", "200"), 2.0);
-    assert_eq!(requests(&s, "unmatched", "GET", "404"), 2.0);
-    let total: f64 = s
-        .iter()
-        .filter(|x| x.name == "http_server_requests_total")
-        .map(|x| x.value)
-        .sum();
-    assert_eq!(total, 12.0, "/metrics itself is excluded");
-    assert!(s.iter().all(|x| x.label("http_route") != Some("/metrics")));
-    assert!(s
-        .iter()
-        .all(|x| x.label("service").is_some_and(|v| v == "counts")
-            || !x.name.starts_with("http_server_")));
-    assert_eq!(active(&s, "GET"), 0.0);
+async fn every_shared_contract_case_holds() {
+    let server = start("contract");
+    contract::run_cases(&server.base_url, "contract", &contract::cases()).await;
 }
 
 #[tokio::test]
-async fn nested_scopes_keep_their_full_templates() {
-    let server = start("nested");
-    assert_eq!(send(&server, "GET", "/api/v1/items/7").await, 200);
-    assert_eq!(send(&server, "GET", "/api/v2/items/8").await, 200);
-    assert_eq!(send(&server, "GET", "/api/v2/status").await, 200);
-    assert_eq!(send(&server, "GET", "/api/v2/nothing").await, 404);
-    let s = scrape(&server).await;
-    assert_eq!(
-        requests(&s, "/api/v{version}/items/{id}", "GET", "200"),
-        2.0
-    );
-    assert_eq!(requests(&s, "/api/v{version}/status", "GET", "200"), 1.0);
-    assert_eq!(requests(&s, "unmatched", "GET", "404"), 1.0);
-}
-
-#[tokio::test]
-async fn a_thousand_junk_paths_stay_in_one_unmatched_series() {
-    let server = start("junk");
-    let client = client();
-    // A fixed pseudo-random sequence: reproducible junk.
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789-._~%2F/";
-    for i in 0..1000 {
-        let mut path = String::from("/");
-        for _ in 0..(8 + i % 24) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            path.push(alphabet[(seed % alphabet.len() as u64) as usize] as char);
-        }
-        path.push_str(&format!("/{i}"));
-        let res = client
-            .get(url(&server, &path))
-            .send()
-            .await
-            .expect("response");
-        assert!(res.status().is_client_error(), "{path}: {}", res.status());
-        res.bytes().await.expect("body");
-    }
-    let s = scrape(&server).await;
-    let routes: std::collections::BTreeSet<&str> = s
-        .iter()
-        .filter(|x| x.name == "http_server_requests_total")
-        .filter_map(|x| x.label("http_route"))
-        .collect();
-    assert_eq!(routes.into_iter().collect::<Vec<_>>(), vec!["unmatched"]);
-    let statuses: f64 = s
-        .iter()
-        .filter(|x| x.name == "http_server_requests_total")
-        .map(|x| x.value)
-        .sum();
-    assert_eq!(statuses, 1000.0);
-}
-
-#[tokio::test]
-async fn invented_methods_are_recorded_as_other() {
-    let server = start("methods");
-    assert_eq!(send(&server, "BREW", "/users/1").await, 405);
-    assert_eq!(send(&server, "PURGE", "/nowhere").await, 404);
-    assert_eq!(
-        send(&server, "get", "/users/1").await,
-        405,
-        "methods are case-sensitive"
-    );
-    assert_eq!(send(&server, "PATCH", "/users/1").await, 405);
-    let s = scrape(&server).await;
-    assert_eq!(requests(&s, "/users/{id}", "_OTHER", "405"), 2.0);
-    assert_eq!(requests(&s, "unmatched", "_OTHER", "404"), 1.0);
-    assert_eq!(requests(&s, "/users/{id}", "PATCH", "405"), 1.0);
-    assert!(s.iter().all(|x| !matches!(
-        x.label("http_request_method"),
-        Some("BREW" | "get" | "PURGE")
-    )));
+async fn resources_of_the_same_shape_keep_their_own_patterns() {
+    let server = start("shapes");
+    let case = Case {
+        name: "/files/{n:\\d+} and /files/{name:[a-z]+} stay apart",
+        requests: vec![
+            Request::new("GET", "/files/42", 200),
+            Request::new("GET", "/files/abc", 200).times(2),
+            Request::new("GET", "/files/4b", 404),
+        ],
+        series: vec![
+            Series {
+                route: "/files/{n:\\d+}",
+                method: "GET",
+                status: 200,
+                count: 1,
+            },
+            Series {
+                route: "/files/{name:[a-z]+}",
+                method: "GET",
+                status: 200,
+                count: 2,
+            },
+            Series {
+                route: "unmatched",
+                method: "GET",
+                status: 404,
+                count: 1,
+            },
+        ],
+    };
+    contract::run_cases(&server.base_url, "shapes", &[case]).await;
 }
 
 async fn raw_request(server: &Server, path: &str) -> TcpStream {
@@ -363,14 +218,14 @@ async fn raw_request(server: &Server, path: &str) -> TcpStream {
 async fn a_client_gone_before_the_response_is_499() {
     let server = start("gone-early");
     let tcp = raw_request(&server, "/slow?ms=5000").await;
-    eventually(&server, "the slow request is in flight", |s| {
+    eventually(&server.base_url, "the slow request is in flight", |s| {
         active(s, "GET") == 1.0
     })
     .await;
     // A reset, not a half-close: actix sees the connection fail and drops the request.
     tcp.set_zero_linger().expect("linger");
     drop(tcp);
-    let s = eventually(&server, "the request is recorded", |s| {
+    let s = eventually(&server.base_url, "the request is recorded", |s| {
         active(s, "GET") == 0.0
     })
     .await;
@@ -390,7 +245,7 @@ async fn a_client_gone_mid_stream_is_499() {
         seen.extend_from_slice(&buf[..n]);
     }
     drop(tcp);
-    let s = eventually(&server, "the stream is recorded", |s| {
+    let s = eventually(&server.base_url, "the stream is recorded", |s| {
         active(s, "GET") == 0.0
     })
     .await;
@@ -418,25 +273,41 @@ async fn a_panicking_handler_is_500() {
         result.is_err(),
         "actix drops the connection of a panicked handler"
     );
-    let s = eventually(&server, "the panic is recorded", |s| {
+    let s = eventually(&server.base_url, "the panic is recorded", |s| {
         requests(s, "/panic", "GET", "500") == 1.0
     })
     .await;
     assert_eq!(active(&s, "GET"), 0.0);
     // The worker was restarted; the server still answers.
-    assert_eq!(send(&server, "GET", "/health").await, 200);
+    assert_eq!(send(&server.base_url, "GET", "/health").await, 200);
 }
 
 #[tokio::test]
 async fn an_inner_error_is_recorded_with_the_status_actix_sends() {
     let server = start("errors");
-    assert_eq!(send(&server, "GET", "/forbidden/1").await, 403);
-    assert_eq!(send(&server, "GET", "/forbidden/2").await, 403);
-    assert_eq!(send(&server, "GET", "/unavailable").await, 503);
-    let s = scrape(&server).await;
-    assert_eq!(requests(&s, "/forbidden/{id}", "GET", "403"), 2.0);
-    assert_eq!(requests(&s, "/unavailable", "GET", "503"), 1.0);
-    assert_eq!(active(&s, "GET"), 0.0);
+    let case = Case {
+        name: "an inner Err is recorded with the status of actix's error response",
+        requests: vec![
+            Request::new("GET", "/forbidden/1", 403),
+            Request::new("GET", "/forbidden/2", 403),
+            Request::new("GET", "/unavailable", 503),
+        ],
+        series: vec![
+            Series {
+                route: "/forbidden/{id}",
+                method: "GET",
+                status: 403,
+                count: 2,
+            },
+            Series {
+                route: "/unavailable",
+                method: "GET",
+                status: 503,
+                count: 1,
+            },
+        ],
+    };
+    contract::run_cases(&server.base_url, "errors", &[case]).await;
 }
 
 #[tokio::test]
@@ -451,7 +322,7 @@ async fn a_streamed_response_is_timed_to_its_last_chunk() {
         .await
         .expect("body");
     assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
-    let s = scrape(&server).await;
+    let s = scrape(&server.base_url).await;
     let labels = [
         ("http_route", "/stream"),
         ("http_response_status_code", "200"),
@@ -471,24 +342,7 @@ async fn a_streamed_response_is_timed_to_its_last_chunk() {
 #[tokio::test]
 async fn the_active_gauge_counts_in_flight_requests_and_returns_to_zero() {
     let server = start("gauge");
-    let mut slow = Vec::new();
-    for _ in 0..4 {
-        let url = url(&server, "/slow?ms=3000");
-        slow.push(tokio::spawn(async move { client().get(url).send().await }));
-    }
-    // The scrape itself is in flight while it encodes: excluded, it never shows here.
-    eventually(&server, "four requests in flight", |s| {
-        active(s, "GET") == 4.0
-    })
-    .await;
-    for request in slow {
-        let res = request.await.expect("task").expect("response");
-        assert_eq!(res.status(), 200);
-        res.bytes().await.expect("body");
-    }
-    let s = scrape(&server).await;
-    assert_eq!(active(&s, "GET"), 0.0);
-    assert_eq!(requests(&s, "/slow", "GET", "200"), 4.0);
+    contract::check_in_flight_requests(&server.base_url, 4).await;
 }
 
 #[tokio::test]
@@ -524,7 +378,7 @@ async fn body_sizes_are_the_bytes_transferred() {
         .await
         .expect("ignored upload");
     assert_eq!(res.text().await.expect("body"), "ignored");
-    let s = scrape(&server).await;
+    let s = scrape(&server.base_url).await;
     let upload = [
         ("http_route", "/upload"),
         ("http_response_status_code", "200"),
@@ -552,8 +406,8 @@ async fn body_sizes_are_the_bytes_transferred() {
         7.0
     );
     // GET requests have no payload at all.
-    assert_eq!(send(&server, "GET", "/users/1").await, 200);
-    let s = scrape(&server).await;
+    assert_eq!(send(&server.base_url, "GET", "/users/1").await, 200);
+    let s = scrape(&server.base_url).await;
     let users = [("http_route", "/users/{id}")];
     assert_eq!(
         value(&s, "http_server_request_body_size_bytes_sum", &users),
@@ -568,7 +422,7 @@ async fn body_sizes_are_the_bytes_transferred() {
 #[tokio::test]
 async fn metrics_are_gzipped_only_when_the_scraper_asks() {
     let server = start("gzip");
-    assert_eq!(send(&server, "GET", "/users/1").await, 200);
+    assert_eq!(send(&server.base_url, "GET", "/users/1").await, 200);
     let get = |accept: Option<&'static str>| {
         let mut req = client().get(url(&server, "/metrics"));
         if let Some(accept) = accept {
@@ -628,9 +482,9 @@ async fn promtool_accepts_the_exposition() {
         "/forbidden/9",
         "/stream?chunks=2",
     ] {
-        send(&server, "GET", path).await;
+        send(&server.base_url, "GET", path).await;
     }
-    send(&server, "BREW", "/users/1").await;
+    send(&server.base_url, "BREW", "/users/1").await;
     let text = client()
         .get(url(&server, "/metrics"))
         .send()
@@ -640,27 +494,7 @@ async fn promtool_accepts_the_exposition() {
         .await
         .expect("text");
     assert!(text.contains(r#"region="eu-west-1""#));
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (Debian package `prometheus`)");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let out = promtool.wait_with_output().expect("promtool runs");
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_promtool_accepts(&text);
 }
 
 #[tokio::test]
@@ -670,10 +504,10 @@ async fn excluded_routes_are_not_recorded_at_all() {
         .build()
         .expect("observe");
     let server = serve(observe);
-    assert_eq!(send(&server, "GET", "/healthz").await, 200);
-    assert_eq!(send(&server, "GET", "/jobs/12").await, 200);
-    assert_eq!(send(&server, "GET", "/health").await, 200);
-    let s = scrape(&server).await;
+    assert_eq!(send(&server.base_url, "GET", "/healthz").await, 200);
+    assert_eq!(send(&server.base_url, "GET", "/jobs/12").await, 200);
+    assert_eq!(send(&server.base_url, "GET", "/health").await, 200);
+    let s = scrape(&server.base_url).await;
     let routes: Vec<&str> = s
         .iter()
         .filter(|x| x.name == "http_server_requests_total")
@@ -701,8 +535,8 @@ async fn services_share_a_registry_with_the_applications_metrics() {
         "a service name registers once per registry"
     );
     let server = serve(observe);
-    assert_eq!(send(&server, "GET", "/health").await, 200);
-    let s = scrape(&server).await;
+    assert_eq!(send(&server.base_url, "GET", "/health").await, 200);
+    let s = scrape(&server.base_url).await;
     assert_eq!(value(&s, "app_jobs_total", &[]), 3.0);
     assert_eq!(requests(&s, "/health", "GET", "200"), 1.0);
     assert_eq!(server.observe.metrics().service(), "shared");

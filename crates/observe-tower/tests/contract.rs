@@ -10,6 +10,10 @@ use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::routing::{any, get, post};
 use axum::Router;
+use integration_tests::contract::{
+    self, active, assert_promtool_accepts, client, eventually, requests, scrape, sum, value, Case,
+    Request, Series,
+};
 use integration_tests::{parse_exposition, Sample};
 use observe_tower::{prometheus, ObserveLayer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,12 +51,21 @@ async fn panics() -> &'static str {
     panic!("this handler panics on purpose")
 }
 
-/// The API every test serves: plain, nested, nest_service'd and streaming routes.
+/// The API every test serves: the routes of `integration_tests::contract`, plus
+/// nest_service'd, slow, streaming and panicking ones.
 fn api(observe: Option<&ObserveLayer>) -> Router {
-    let items = Router::new().route(
-        "/items/{id}",
-        get(|Path(id): Path<u32>| async move { format!("item {id}") }),
-    );
+    let versioned = Router::new()
+        .route(
+            "/items/{id}",
+            get(|Path((v, id)): Path<(u32, u32)>| async move { format!("v{v} item {id}") }),
+        )
+        .route("/status", get(|| async { "up" }));
+    let items = Router::new()
+        .route(
+            "/items/{id}",
+            get(|Path(id): Path<u32>| async move { format!("item {id}") }),
+        )
+        .nest("/v{version}", versioned);
     let mut things = Router::new().route("/things/{id}", get(|| async { "thing" }));
     if let Some(observe) = observe {
         things = things.layer(observe.clone());
@@ -62,6 +75,7 @@ fn api(observe: Option<&ObserveLayer>) -> Router {
             "/users/{id}",
             get(|Path(id): Path<u32>| async move { format!("user {id}") }),
         )
+        .route("/health", get(|| async { "ok" }))
         .route("/echo", post(|body: Bytes| async move { body }))
         .route("/slow", get(slow))
         .route(
@@ -88,14 +102,16 @@ async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
+/// The test app on a loopback port, its metrics labelled `service="test"`.
 async fn start() -> (ObserveLayer, SocketAddr) {
     let observe = ObserveLayer::new("test");
     let addr = serve(observed(&observe)).await;
     (observe, addr)
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+/// `http://ADDR`, what the `contract` helpers take.
+fn base(addr: SocketAddr) -> String {
+    format!("http://{addr}")
 }
 
 async fn get_ok(addr: SocketAddr, path: &str) -> reqwest::Response {
@@ -106,170 +122,26 @@ async fn get_ok(addr: SocketAddr, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn scrape(addr: SocketAddr) -> Vec<Sample> {
-    let text = get_ok(addr, "/metrics").await.text().await.unwrap();
-    parse_exposition(&text)
-}
-
-/// Sum of the samples named `name` whose labels include all of `labels`.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
-        .map(|s| s.value)
-        .sum()
-}
-
-fn requests(samples: &[Sample], route: &str, method: &str, status: &str) -> f64 {
-    value(
-        samples,
-        "http_server_requests_total",
-        &[
-            ("http_route", route),
-            ("http_request_method", method),
-            ("http_response_status_code", status),
-        ],
-    )
-}
-
-/// Scrapes until `check` holds, at most 5 s (the record of a dropped connection lands a
-/// moment after the client gives up).
-async fn eventually(addr: SocketAddr, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
-    for _ in 0..100 {
-        let samples = scrape(addr).await;
-        if check(&samples) {
-            return samples;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    scrape(addr).await
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shared_contract_case_holds() {
+    let (_observe, addr) = start().await;
+    contract::run_cases(&base(addr), "test", &contract::cases()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counts_are_exact_per_route_method_and_status() {
+async fn a_layered_nest_service_is_recorded_once_with_its_full_template() {
     let (_observe, addr) = start().await;
-    for i in 0..7 {
-        assert_eq!(get_ok(addr, &format!("/users/{i}")).await.status(), 200);
-    }
-    for _ in 0..3 {
-        assert_eq!(get_ok(addr, "/fail").await.status(), 500);
-    }
-    for _ in 0..2 {
-        let res = client()
-            .post(format!("http://{addr}/echo"))
-            .body("hi")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-    }
-    let s = scrape(addr).await;
-    assert_eq!(requests(&s, "/users/{id}", "GET", "200"), 7.0);
-    assert_eq!(requests(&s, "/fail", "GET", "500"), 3.0);
-    assert_eq!(requests(&s, "/echo", "POST", "200"), 2.0);
-    assert_eq!(
-        value(
-            &s,
-            "http_server_request_duration_seconds_count",
-            &[("http_route", "/users/{id}")]
-        ),
-        7.0
-    );
-    assert_eq!(
-        value(&s, "http_server_requests_total", &[]),
-        12.0,
-        "every request once, /metrics excluded"
-    );
-    assert!(s
-        .iter()
-        .filter(|x| x.name == "http_server_requests_total")
-        .all(|x| x.label("service") == Some("test")));
-    // The bucket series are cumulative and end at the count.
-    assert_eq!(
-        value(
-            &s,
-            "http_server_request_duration_seconds_bucket",
-            &[("http_route", "/fail"), ("le", "+Inf")]
-        ),
-        3.0
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nested_routers_keep_their_full_templates() {
-    let (_observe, addr) = start().await;
-    for _ in 0..4 {
-        assert_eq!(get_ok(addr, "/api/items/9").await.status(), 200);
-    }
-    for _ in 0..2 {
-        assert_eq!(get_ok(addr, "/svc/things/1").await.status(), 200);
-    }
-    let s = scrape(addr).await;
-    assert_eq!(requests(&s, "/api/items/{id}", "GET", "200"), 4.0);
-    assert_eq!(
-        requests(&s, "/svc/things/{id}", "GET", "200"),
-        2.0,
-        "nest_service router layered too"
-    );
-    assert_eq!(
-        value(&s, "http_server_requests_total", &[]),
-        6.0,
-        "recorded once, not once per layer"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_junk_paths_stay_in_one_unmatched_series() {
-    let (_observe, addr) = start().await;
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..1000 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let path = format!("/wp-admin/{:x}/{}.php?x={}", seed, seed % 977, seed >> 40);
-        assert_eq!(get_ok(addr, &path).await.status(), 404);
-    }
-    let s = scrape(addr).await;
-    assert_eq!(requests(&s, "unmatched", "GET", "404"), 1000.0);
-    let series = s
-        .iter()
-        .filter(|x| x.name == "http_server_requests_total")
-        .count();
-    assert_eq!(series, 1, "one series whatever the paths");
-    assert!(!s
-        .iter()
-        .any(|x| x.labels.iter().any(|(_, v)| v.contains("wp-admin"))));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invented_methods_are_recorded_as_other() {
-    let (_observe, addr) = start().await;
-    for m in ["PURGE", "BREW", "get"] {
-        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
-        let res = client()
-            .request(method, format!("http://{addr}/any"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200, "{m}");
-    }
-    let res = client()
-        .request(reqwest::Method::PATCH, format!("http://{addr}/any"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let s = scrape(addr).await;
-    assert_eq!(requests(&s, "/any", "_OTHER", "200"), 3.0);
-    assert_eq!(requests(&s, "/any", "PATCH", "200"), 1.0);
-    assert_eq!(
-        value(
-            &s,
-            "http_server_active_requests",
-            &[("http_request_method", "_OTHER")]
-        ),
-        0.0
-    );
+    let case = Case {
+        name: "the outer and the nested router both carry the layer: one record per request",
+        requests: vec![Request::new("GET", "/svc/things/1", 200).times(2)],
+        series: vec![Series {
+            route: "/svc/things/{id}",
+            method: "GET",
+            status: 200,
+            count: 2,
+        }],
+    };
+    contract::run_cases(&base(addr), "test", &[case]).await;
 }
 
 /// Sends a raw request and returns the open connection.
@@ -288,7 +160,10 @@ async fn a_client_gone_mid_stream_is_499() {
     let n = conn.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     drop(conn);
-    let s = eventually(addr, |s| requests(s, "/stream", "GET", "499") == 1.0).await;
+    let s = eventually(&base(addr), "the stream is recorded as 499", |s| {
+        requests(s, "/stream", "GET", "499") == 1.0
+    })
+    .await;
     assert_eq!(requests(&s, "/stream", "GET", "499"), 1.0);
     assert_eq!(requests(&s, "/stream", "GET", "200"), 0.0);
     assert_eq!(observe.metrics().active_requests("GET"), 0);
@@ -299,15 +174,16 @@ async fn a_client_gone_before_the_response_is_499() {
     let (observe, addr) = start().await;
     let conn = raw_request(addr, "/slow?ms=30000").await;
     // Wait until the request is in flight, then hang up.
-    for _ in 0..100 {
-        if observe.metrics().active_requests("GET") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&base(addr), "the slow request is in flight", |s| {
+        active(s, "GET") == 1.0
+    })
+    .await;
     assert_eq!(observe.metrics().active_requests("GET"), 1);
     drop(conn);
-    let s = eventually(addr, |s| requests(s, "/slow", "GET", "499") == 1.0).await;
+    let s = eventually(&base(addr), "the slow request is recorded as 499", |s| {
+        requests(s, "/slow", "GET", "499") == 1.0
+    })
+    .await;
     assert_eq!(requests(&s, "/slow", "GET", "499"), 1.0);
     assert_eq!(observe.metrics().active_requests("GET"), 0);
 }
@@ -321,7 +197,10 @@ async fn a_panicking_handler_is_500() {
         .send()
         .await
         .is_err());
-    let s = eventually(addr, |s| requests(s, "/panic", "GET", "500") == 1.0).await;
+    let s = eventually(&base(addr), "the panic is recorded as 500", |s| {
+        requests(s, "/panic", "GET", "500") == 1.0
+    })
+    .await;
     assert_eq!(requests(&s, "/panic", "GET", "500"), 1.0);
     assert_eq!(observe.metrics().active_requests("GET"), 0);
 }
@@ -399,16 +278,16 @@ async fn a_streamed_response_is_timed_to_its_last_chunk() {
         .await
         .unwrap();
     assert_eq!(body.lines().count(), 5);
-    let s = scrape(addr).await;
-    let sum = value(
+    let s = scrape(&base(addr)).await;
+    let seconds = value(
         &s,
         "http_server_request_duration_seconds_sum",
         &[("http_route", "/stream")],
     );
     // Four 100 ms pauses between five chunks: the recorded duration covers all of them.
     assert!(
-        sum >= 0.4,
-        "recorded {sum} s for a stream that takes at least 0.4 s"
+        seconds >= 0.4,
+        "recorded {seconds} s for a stream that takes at least 0.4 s"
     );
     assert_eq!(
         value(
@@ -431,34 +310,7 @@ async fn a_streamed_response_is_timed_to_its_last_chunk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_gauge_counts_in_flight_requests_and_returns_to_zero() {
     let (_observe, addr) = start().await;
-    let slow = tokio::spawn(async move { get_ok(addr, "/slow?ms=800").await.status() });
-    let s = eventually(addr, |s| {
-        value(
-            s,
-            "http_server_active_requests",
-            &[("http_request_method", "GET")],
-        ) == 1.0
-    })
-    .await;
-    assert_eq!(
-        value(
-            &s,
-            "http_server_active_requests",
-            &[("http_request_method", "GET")]
-        ),
-        1.0
-    );
-    assert_eq!(slow.await.unwrap(), 200);
-    let s = scrape(addr).await;
-    assert_eq!(
-        value(
-            &s,
-            "http_server_active_requests",
-            &[("http_request_method", "GET")]
-        ),
-        0.0
-    );
-    assert_eq!(requests(&s, "/slow", "GET", "200"), 1.0);
+    contract::check_in_flight_requests(&base(addr), 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,7 +333,7 @@ async fn body_sizes_are_the_bytes_transferred() {
         .await
         .unwrap();
     assert_eq!(res.bytes().await.unwrap().len(), 3000);
-    let s = scrape(addr).await;
+    let s = scrape(&base(addr)).await;
     let echo = [("http_route", "/echo")];
     assert_eq!(
         value(&s, "http_server_request_body_size_bytes_sum", &echo),
@@ -566,27 +418,7 @@ async fn promtool_accepts_the_exposition() {
     }
     let text = get_ok(addr, "/metrics").await.text().await.unwrap();
     assert!(text.contains("process_resident_memory_bytes"));
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs (apt-get install prometheus)");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_promtool_accepts(&text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,7 +455,7 @@ async fn services_share_a_registry_with_the_applications_metrics() {
     get_ok(a, "/users/1").await;
     get_ok(b, "/users/1").await;
     get_ok(b, "/users/2").await;
-    let s = scrape(a).await;
+    let s = scrape(&base(a)).await;
     assert_eq!(
         value(
             &s,
@@ -648,8 +480,8 @@ async fn hostile_requests_get_the_same_answers_with_and_without_the_layer() {
     let (observe, with) = start().await;
     let without = serve(api(None)).await;
     let long_path = format!("/{}", "a".repeat(6000));
-    type Case = (&'static str, String, Vec<(&'static str, String)>);
-    let cases: Vec<Case> = vec![
+    type Hostile = (&'static str, String, Vec<(&'static str, String)>);
+    let cases: Vec<Hostile> = vec![
         ("GET", "/users/%ZZ".into(), vec![]),
         ("GET", "/users/99999999999999999999".into(), vec![]),
         ("GET", long_path, vec![]),
@@ -701,13 +533,16 @@ async fn hostile_requests_get_the_same_answers_with_and_without_the_layer() {
     // axum answers a truncated body with 400; whether hyper could still write it or the
     // connection was gone (499), the upload is recorded once and not lost.
     let echo_posts = |s: &[Sample]| {
-        value(
+        sum(
             s,
             "http_server_requests_total",
             &[("http_route", "/echo"), ("http_request_method", "POST")],
         )
     };
-    let s = eventually(with, |s| echo_posts(s) == 2.0).await;
+    let s = eventually(&base(with), "both posts to /echo are recorded", |s| {
+        echo_posts(s) == 2.0
+    })
+    .await;
     assert_eq!(echo_posts(&s), 2.0, "the form post and the aborted upload");
     assert_eq!(
         requests(&s, "/echo", "POST", "400") + requests(&s, "/echo", "POST", "499"),

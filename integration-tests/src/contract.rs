@@ -1,0 +1,578 @@
+//! The metric contract (`docs/metrics.md`) written once for every framework: a table of
+//! [`Case`]s (requests to send, and exactly which series they must add to in `/metrics`),
+//! [`run_cases`] to play them against a test app over real TCP, and the sample helpers the
+//! framework-specific tests share.
+//!
+//! Every framework's test app serves the routes the cases name: `GET /users/{id}`,
+//! `GET /health`, `GET /fail` (answers 500), `POST /echo`, any method on `/any`,
+//! `GET /api/items/{id}`, `GET /api/v{version}/items/{id}`, `GET /api/v{version}/status`,
+//! `GET /slow?ms=N` and the excluded `GET /metrics`.
+
+use std::time::Duration;
+
+use crate::{parse_exposition, promtool, Sample};
+
+/// The values `http_request_method` may take: the nine standard methods, anything else
+/// `_OTHER`.
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
+];
+
+/// Requests a [`Case`] sends, all alike.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method as sent on the wire (case-sensitive: `get` is not `GET`).
+    pub method: &'static str,
+    /// Path and query.
+    pub path: String,
+    /// The request body, if any.
+    pub body: Option<&'static str>,
+    /// How many times it is sent.
+    pub times: u32,
+    /// The status the client must get back each time.
+    pub status: u16,
+}
+
+impl Request {
+    /// `method path`, sent once, answered with `status`.
+    pub fn new(method: &'static str, path: impl Into<String>, status: u16) -> Request {
+        Request {
+            method,
+            path: path.into(),
+            body: None,
+            times: 1,
+            status,
+        }
+    }
+
+    /// Sent `times` times instead of once.
+    pub fn times(self, times: u32) -> Request {
+        Request { times, ..self }
+    }
+
+    /// Sent with `body`.
+    pub fn body(self, body: &'static str) -> Request {
+        Request {
+            body: Some(body),
+            ..self
+        }
+    }
+}
+
+/// One labelled series of `http_server_requests_total` (and of the histograms with the same
+/// labels), and how many requests a [`Case`] adds to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Series {
+    /// `http_route`.
+    pub route: &'static str,
+    /// `http_request_method`.
+    pub method: &'static str,
+    /// `http_response_status_code`.
+    pub status: u16,
+    /// Exactly how many requests the case adds.
+    pub count: u32,
+}
+
+impl Series {
+    fn labels(&self, status: &str) -> [(&'static str, String); 3] {
+        [
+            ("http_route", self.route.to_owned()),
+            ("http_request_method", self.method.to_owned()),
+            ("http_response_status_code", status.to_owned()),
+        ]
+    }
+
+    fn holds(&self, sample: &Sample) -> bool {
+        sample.label("http_route") == Some(self.route)
+            && sample.label("http_request_method") == Some(self.method)
+            && sample.label("http_response_status_code") == Some(&self.status.to_string())
+    }
+}
+
+/// One behaviour of the contract: what to send, and every series it moves.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The behaviour, in a sentence.
+    pub name: &'static str,
+    /// Sent in order, one at a time.
+    pub requests: Vec<Request>,
+    /// Every series the requests add to, with exactly how much. No other `http_server_*`
+    /// sample may change.
+    pub series: Vec<Series>,
+}
+
+/// The cases every framework must pass, in the order [`run_cases`] plays them.
+pub fn cases() -> Vec<Case> {
+    vec![
+        exact_counts(),
+        nested_templates(),
+        junk_paths(),
+        invented_methods(),
+    ]
+}
+
+fn exact_counts() -> Case {
+    Case {
+        name: "counts are exact per route, method and status; /metrics is not recorded",
+        requests: vec![
+            Request::new("GET", "/users/1", 200).times(3),
+            Request::new("GET", "/users/2", 200).times(4),
+            Request::new("GET", "/health", 200).times(2),
+            Request::new("GET", "/fail", 500).times(3),
+            Request::new("POST", "/echo", 200).body("hi").times(2),
+            Request::new("POST", "/users/1", 405),
+            Request::new("DELETE", "/users/2", 405),
+            Request::new("GET", "/nowhere", 404),
+            Request::new("GET", "/users/1/extra", 404),
+            Request::new("GET", "/metrics", 200),
+        ],
+        series: vec![
+            Series {
+                route: "/users/{id}",
+                method: "GET",
+                status: 200,
+                count: 7,
+            },
+            Series {
+                route: "/health",
+                method: "GET",
+                status: 200,
+                count: 2,
+            },
+            Series {
+                route: "/fail",
+                method: "GET",
+                status: 500,
+                count: 3,
+            },
+            Series {
+                route: "/echo",
+                method: "POST",
+                status: 200,
+                count: 2,
+            },
+            Series {
+                route: "/users/{id}",
+                method: "POST",
+                status: 405,
+                count: 1,
+            },
+            Series {
+                route: "/users/{id}",
+                method: "DELETE",
+                status: 405,
+                count: 1,
+            },
+            Series {
+                route: "unmatched",
+                method: "GET",
+                status: 404,
+                count: 2,
+            },
+        ],
+    }
+}
+
+fn nested_templates() -> Case {
+    Case {
+        name: "nested routers and scopes keep their full templates",
+        requests: vec![
+            Request::new("GET", "/api/items/9", 200).times(4),
+            Request::new("GET", "/api/v1/items/7", 200),
+            Request::new("GET", "/api/v2/items/8", 200),
+            Request::new("GET", "/api/v2/status", 200),
+            Request::new("GET", "/api/v2/nothing", 404),
+        ],
+        series: vec![
+            Series {
+                route: "/api/items/{id}",
+                method: "GET",
+                status: 200,
+                count: 4,
+            },
+            Series {
+                route: "/api/v{version}/items/{id}",
+                method: "GET",
+                status: 200,
+                count: 2,
+            },
+            Series {
+                route: "/api/v{version}/status",
+                method: "GET",
+                status: 200,
+                count: 1,
+            },
+            Series {
+                route: "unmatched",
+                method: "GET",
+                status: 404,
+                count: 1,
+            },
+        ],
+    }
+}
+
+/// 1000 scanner probes (`/wp-admin/…/….php?x=…`) and 1000 paths of random characters
+/// (dots, tildes, `%2F`), all different, from fixed seeds so a failure reproduces.
+fn junk_paths() -> Case {
+    fn xorshift(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+    let mut requests = Vec::new();
+    let mut seed = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..1000 {
+        let n = xorshift(&mut seed);
+        let path = format!("/wp-admin/{n:x}/{}.php?x={}", n % 977, n >> 40);
+        requests.push(Request::new("GET", path, 404));
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789-._~%2F/";
+    for i in 0..1000 {
+        let mut path = String::from("/");
+        for _ in 0..(8 + i % 24) {
+            let n = xorshift(&mut seed) % alphabet.len() as u64;
+            path.push(char::from(alphabet[n as usize]));
+        }
+        path.push_str(&format!("/{i}"));
+        requests.push(Request::new("GET", path, 404));
+    }
+    Case {
+        name: "two thousand junk paths stay in one unmatched series",
+        requests,
+        series: vec![Series {
+            route: "unmatched",
+            method: "GET",
+            status: 404,
+            count: 2000,
+        }],
+    }
+}
+
+fn invented_methods() -> Case {
+    Case {
+        name: "invented and lowercase methods are recorded as _OTHER",
+        requests: vec![
+            Request::new("PURGE", "/any", 200),
+            Request::new("BREW", "/any", 200),
+            Request::new("get", "/any", 200),
+            Request::new("PATCH", "/any", 200),
+            Request::new("BREW", "/users/1", 405),
+            Request::new("get", "/users/1", 405),
+            Request::new("PATCH", "/users/1", 405),
+            Request::new("PURGE", "/nowhere", 404),
+        ],
+        series: vec![
+            Series {
+                route: "/any",
+                method: "_OTHER",
+                status: 200,
+                count: 3,
+            },
+            Series {
+                route: "/any",
+                method: "PATCH",
+                status: 200,
+                count: 1,
+            },
+            Series {
+                route: "/users/{id}",
+                method: "_OTHER",
+                status: 405,
+                count: 2,
+            },
+            Series {
+                route: "/users/{id}",
+                method: "PATCH",
+                status: 405,
+                count: 1,
+            },
+            Series {
+                route: "unmatched",
+                method: "_OTHER",
+                status: 404,
+                count: 1,
+            },
+        ],
+    }
+}
+
+/// Plays `cases` one after the other against the app at `base_url` (`http://ADDR`), whose
+/// metrics carry `service="{service}"`. For each case it scrapes `/metrics` before and after
+/// and asserts that:
+///
+/// - every request got its status;
+/// - every expected series grew by exactly its count, in `http_server_requests_total`, the
+///   duration `_count` and the duration `+Inf` bucket alike;
+/// - `http_server_requests_total` grew by the sum of those counts (every request once, the
+///   scrapes not at all), and no other `http_server_*` sample changed or appeared;
+/// - every `http_server_*` sample carries the service label, every method label is one of the
+///   nine standard methods or `_OTHER`, no series is labelled `/metrics`, and nothing is left
+///   in flight.
+pub async fn run_cases(base_url: &str, service: &str, cases: &[Case]) {
+    let client = client();
+    for case in cases {
+        let before = scrape(base_url).await;
+        for request in &case.requests {
+            for _ in 0..request.times {
+                let status = send_request(
+                    &client,
+                    base_url,
+                    request.method,
+                    &request.path,
+                    request.body,
+                )
+                .await;
+                assert_eq!(
+                    status, request.status,
+                    "{}: {} {}",
+                    case.name, request.method, request.path
+                );
+            }
+        }
+        let after = scrape(base_url).await;
+        check_series(case, &before, &after);
+        check_nothing_else_moved(case, service, &before, &after);
+    }
+}
+
+fn check_series(case: &Case, before: &[Sample], after: &[Sample]) {
+    for series in &case.series {
+        let status = series.status.to_string();
+        let added = requests(after, series.route, series.method, &status)
+            - requests(before, series.route, series.method, &status);
+        assert_eq!(added, f64::from(series.count), "{}: {series:?}", case.name);
+        let labels = series.labels(&status);
+        let mut inf: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        inf.push(("le", "+Inf"));
+        let bucket = "http_server_request_duration_seconds_bucket";
+        assert_eq!(
+            value(after, bucket, &inf) - value(before, bucket, &inf),
+            added,
+            "{}: the +Inf bucket of {series:?} ends at its count",
+            case.name
+        );
+    }
+    let total = |s: &[Sample]| sum(s, "http_server_requests_total", &[]);
+    let expected: u32 = case.series.iter().map(|s| s.count).sum();
+    assert_eq!(
+        total(after) - total(before),
+        f64::from(expected),
+        "{}: every request recorded once, the scrapes not at all",
+        case.name
+    );
+}
+
+fn check_nothing_else_moved(case: &Case, service: &str, before: &[Sample], after: &[Sample]) {
+    for sample in after.iter().filter(|s| s.name.starts_with("http_server_")) {
+        assert_eq!(
+            sample.label("service"),
+            Some(service),
+            "{}: {sample:?}",
+            case.name
+        );
+        if let Some(method) = sample.label("http_request_method") {
+            assert!(METHODS.contains(&method), "{}: {sample:?}", case.name);
+        }
+        assert_ne!(
+            sample.label("http_route"),
+            Some("/metrics"),
+            "{}: the scrape route is excluded",
+            case.name
+        );
+        if sample.name == "http_server_active_requests" {
+            assert_eq!(
+                sample.value, 0.0,
+                "{}: left in flight: {sample:?}",
+                case.name
+            );
+            continue;
+        }
+        let moved = before
+            .iter()
+            .find(|b| b.name == sample.name && b.labels == sample.labels)
+            .is_none_or(|b| b.value != sample.value);
+        assert!(
+            !moved || case.series.iter().any(|s| s.holds(sample)),
+            "{}: {sample:?} changed, but no expected series has its labels",
+            case.name
+        );
+    }
+}
+
+/// Sends `n` concurrent `GET /slow?ms=3000` to the app at `base_url`, and checks that the
+/// active-requests gauge counts all `n` while they are in flight (the scrapes themselves are
+/// excluded, so they never show), then returns to 0 with all `n` recorded as 200.
+pub async fn check_in_flight_requests(base_url: &str, n: usize) {
+    let mut slow = Vec::new();
+    for _ in 0..n {
+        let url = format!("{base_url}/slow?ms=3000");
+        slow.push(tokio::spawn(async move { client().get(url).send().await }));
+    }
+    eventually(base_url, &format!("{n} GET requests in flight"), |s| {
+        active(s, "GET") == n as f64
+    })
+    .await;
+    for request in slow {
+        let res = request.await.expect("task").expect("response");
+        assert_eq!(res.status(), 200);
+        res.bytes().await.expect("body");
+    }
+    let s = scrape(base_url).await;
+    assert_eq!(active(&s, "GET"), 0.0);
+    assert_eq!(requests(&s, "/slow", "GET", "200"), n as f64);
+}
+
+/// A client that never goes through a proxy: the tests talk to loopback.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("HTTP client")
+}
+
+/// Sends `method path` (e.g. `"BREW", "/users/1"`) to `base_url`, reads the whole answer and
+/// returns its status.
+pub async fn send(base_url: &str, method: &str, path: &str) -> u16 {
+    send_request(&client(), base_url, method, path, None).await
+}
+
+async fn send_request(
+    client: &reqwest::Client,
+    base_url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&'static str>,
+) -> u16 {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method token");
+    let mut request = client.request(method, format!("{base_url}{path}"));
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let res = request.send().await.expect("response");
+    let status = res.status().as_u16();
+    res.bytes().await.expect("whole body");
+    status
+}
+
+/// `GET /metrics` from `base_url`, parsed.
+pub async fn scrape(base_url: &str) -> Vec<Sample> {
+    let text = client()
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("exposition text");
+    parse_exposition(&text)
+}
+
+/// Scrapes `base_url` until `check` holds (a dropped connection is recorded on the server's
+/// schedule, not the client's), for at most 20 s, and returns the samples that satisfied it;
+/// panics naming `what` when it never does.
+pub async fn eventually(
+    base_url: &str,
+    what: &str,
+    check: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    for _ in 0..400 {
+        let samples = scrape(base_url).await;
+        if check(&samples) {
+            return samples;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last: Vec<String> = scrape(base_url)
+        .await
+        .iter()
+        .filter(|s| {
+            s.name == "http_server_requests_total" || s.name == "http_server_active_requests"
+        })
+        .map(|s| format!("{s:?}"))
+        .collect();
+    panic!("never happened: {what}; last scrape: {last:#?}");
+}
+
+/// The one sample of `name` whose labels include all of `labels`; 0 when there is none.
+/// Panics when several match: use [`sum`] to add them up on purpose.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = matching(samples, name, labels).collect();
+    assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
+    found.first().map_or(0.0, |s| s.value)
+}
+
+/// The sum of the samples of `name` whose labels include all of `labels`.
+pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    matching(samples, name, labels).map(|s| s.value).sum()
+}
+
+fn matching<'a>(
+    samples: &'a [Sample],
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a Sample> {
+    samples
+        .iter()
+        .filter(move |s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+}
+
+/// `http_server_requests_total` for one route, method and status, after checking that the
+/// duration histogram's `_count` agrees (both are written by the same observation).
+pub fn requests(samples: &[Sample], route: &str, method: &str, status: &str) -> f64 {
+    let labels = [
+        ("http_route", route),
+        ("http_request_method", method),
+        ("http_response_status_code", status),
+    ];
+    let count = value(samples, "http_server_requests_total", &labels);
+    let durations = value(
+        samples,
+        "http_server_request_duration_seconds_count",
+        &labels,
+    );
+    assert_eq!(
+        count, durations,
+        "requests_total vs duration count for {labels:?}"
+    );
+    count
+}
+
+/// `http_server_active_requests` for `method`.
+pub fn active(samples: &[Sample], method: &str) -> f64 {
+    value(
+        samples,
+        "http_server_active_requests",
+        &[("http_request_method", method)],
+    )
+}
+
+/// Runs `promtool check metrics` on `exposition` and panics with its complaints unless it
+/// passes.
+pub fn assert_promtool_accepts(exposition: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let mut check = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("feed promtool");
+    let out = check.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
