@@ -4,6 +4,9 @@
 //! each request read to the end of its response body (where the record finishes). The
 //! difference of their medians is the overhead reported in `docs/performance.md`.
 //! `actix_observed_scope` routes through a nested scope; `actix_*_unmatched` is a 404.
+//! `actix_added*` measure that difference directly, alternating the two apps block by block
+//! within each sample (the time reported is with minus without). `actix_floor` is the least
+//! any recording middleware costs.
 
 // `criterion_group!` defines an undocumented public function.
 #![allow(missing_docs)]
@@ -43,6 +46,9 @@ where
     start.elapsed()
 }
 
+/// Requests per block in the paired `actix_added*` benchmarks (about a millisecond).
+const PAIRED_BLOCK: u64 = 1000;
+
 fn overhead(c: &mut Criterion) {
     let system = actix_web::rt::System::new();
     let bare = system.block_on(test::init_service(App::new().configure(api)));
@@ -61,6 +67,23 @@ fn overhead(c: &mut Criterion) {
         group.bench_function(format!("actix_observed{name}"), |b| {
             b.iter_custom(|iters| system.block_on(drive(&observed, iters, path)))
         });
+        // The difference itself, measured in pairs: blocks of requests alternate between the
+        // two apps, so the machine's drift between two benchmarks cannot enter it.
+        group.bench_function(format!("actix_added{name}"), |b| {
+            b.iter_custom(|iters| {
+                system.block_on(async {
+                    let (mut without, mut with) = (Duration::ZERO, Duration::ZERO);
+                    let mut left = iters;
+                    while left > 0 {
+                        let n = left.min(PAIRED_BLOCK);
+                        without += drive(&bare, n, path).await;
+                        with += drive(&observed, n, path).await;
+                        left -= n;
+                    }
+                    with.saturating_sub(without)
+                })
+            })
+        });
     }
     // The least any recording middleware must do through the same `wrap`: read the clock when
     // the request enters and again when its response body ends (which means wrapping it).
@@ -69,6 +92,21 @@ fn overhead(c: &mut Criterion) {
     ));
     group.bench_function("actix_floor", |b| {
         b.iter_custom(|iters| system.block_on(drive(&floor, iters, "/users/42")))
+    });
+    group.bench_function("actix_floor_added", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(async {
+                let (mut without, mut with) = (Duration::ZERO, Duration::ZERO);
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(PAIRED_BLOCK);
+                    without += drive(&bare, n, "/users/42").await;
+                    with += drive(&floor, n, "/users/42").await;
+                    left -= n;
+                }
+                with.saturating_sub(without)
+            })
+        })
     });
     group.finish();
 }

@@ -128,8 +128,15 @@ const INLINE_PATH: usize = 64;
 /// A copy of a short path is a few bytes moved; cloning the `Uri` instead costs two atomic
 /// reference-count updates per request, which on a virtual machine weigh more than the copy.
 pub(crate) enum RequestPath {
-    Inline { len: u8, bytes: [u8; INLINE_PATH] },
+    Inline(InlinePath),
     Shared(Uri),
+}
+
+/// A short path copied whole; aligned so that the copy is read back in aligned words.
+#[repr(C, align(8))]
+pub(crate) struct InlinePath {
+    bytes: [u8; INLINE_PATH],
+    len: usize,
 }
 
 impl RequestPath {
@@ -137,12 +144,12 @@ impl RequestPath {
     pub(crate) fn new(uri: &Uri) -> Self {
         let path = uri.path();
         if path.len() <= INLINE_PATH {
-            let mut bytes = [0; INLINE_PATH];
-            bytes[..path.len()].copy_from_slice(path.as_bytes());
-            RequestPath::Inline {
-                len: path.len() as u8,
-                bytes,
-            }
+            let mut inline = InlinePath {
+                bytes: [0; INLINE_PATH],
+                len: path.len(),
+            };
+            inline.bytes[..path.len()].copy_from_slice(path.as_bytes());
+            RequestPath::Inline(inline)
         } else {
             RequestPath::Shared(uri.clone())
         }
@@ -151,8 +158,8 @@ impl RequestPath {
     pub(crate) fn as_str(&self) -> &str {
         match self {
             // A whole `&str` was copied: always valid UTF-8.
-            RequestPath::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or("")
+            RequestPath::Inline(InlinePath { bytes, len }) => {
+                std::str::from_utf8(bytes.get(..*len).unwrap_or_default()).unwrap_or("")
             }
             RequestPath::Shared(uri) => uri.path(),
         }

@@ -69,6 +69,11 @@ fn record(c: &mut Criterion) {
             })
         })
     });
+    // What holding a reference-counted handle per request costs (one clone, one drop).
+    let shared = std::sync::Arc::new(0u64);
+    c.bench_function("arc_clone_drop", |b| {
+        b.iter(|| drop(std::hint::black_box(shared.clone())))
+    });
     c.bench_function("std_instant_now_twice", |b| {
         b.iter(|| {
             let t = std::time::Instant::now();

@@ -1,17 +1,25 @@
-//! Per-thread memos of the two shared-map lookups every request makes: route template to
-//! [`RouteId`] when it starts, `(route, method, status)` to its series when it ends.
+//! Per-thread memos of the shared lookups every request makes: route template to [`RouteId`]
+//! when it starts; its metrics' [`State`] and `(route, method, status)` to its series when it
+//! ends.
 //!
 //! A hit costs no lock and no atomic operation, which keeps worker threads from contending on
-//! the maps' lock words under load. Entries are keyed by a table id that is never reused, and
-//! neither routes nor series are ever removed from their maps, so an entry is never stale.
+//! the maps' lock words and on reference counts under load. Entries are keyed by a table id
+//! that is never reused, and neither routes nor series are ever removed from their maps, so an
+//! entry is never stale.
+//!
+//! A request in flight holds only its metrics' id, not a reference: it finds the [`State`]
+//! here when it ends. A thread keeps the states it met alive (at most [`STATE_SLOTS`]); one
+//! that is gone everywhere (every handle, and the registry holding its collector, dropped) has
+//! nobody left to read what the request would add, and the request is not recorded.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, RwLock, Weak};
 
-use crate::metrics::{Series, SeriesKey};
-use crate::routes::RouteId;
+use crate::metrics::{Series, SeriesKey, State};
+use crate::routes::{read, write, RouteId};
 
 const SLOTS: usize = 64;
 
@@ -21,12 +29,65 @@ pub(crate) fn new_table_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// States a thread remembers; ids are consecutive, so a process's first eight never collide.
+const STATE_SLOTS: usize = 8;
+
 type RouteSlot = Option<(u64, Arc<str>, RouteId)>;
 type SeriesSlot = Option<(u64, SeriesKey, Arc<Series>)>;
+type StateSlot = Option<(u64, Arc<State>)>;
 
 thread_local! {
     static ROUTES: RefCell<[RouteSlot; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
     static SERIES: RefCell<[SeriesSlot; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
+    static STATES: RefCell<[StateSlot; STATE_SLOTS]> =
+        const { RefCell::new([const { None }; STATE_SLOTS]) };
+}
+
+/// Every state alive, by id, for threads that have not met it yet.
+static LIVE: LazyLock<RwLock<HashMap<u64, Weak<State>>>> = LazyLock::new(Default::default);
+
+/// Makes `state` findable by [`with_state`]; [`forget_state`] undoes it when it drops.
+pub(crate) fn register_state(state: &Arc<State>) {
+    write(&LIVE).insert(state.id, Arc::downgrade(state));
+}
+
+/// `state` is being dropped.
+pub(crate) fn forget_state(id: u64) {
+    write(&LIVE).remove(&id);
+}
+
+/// Runs `f` on the state `id`, unless it is gone.
+#[inline]
+pub(crate) fn with_state(id: u64, f: impl FnOnce(&State)) {
+    let slot = id as usize % STATE_SLOTS;
+    let mut f = Some(f);
+    let hit = STATES
+        .try_with(|cache| match &cache.borrow()[slot] {
+            Some((i, state)) if *i == id => {
+                if let Some(f) = f.take() {
+                    f(state);
+                }
+                true
+            }
+            _ => false,
+        })
+        .unwrap_or(false);
+    if !hit {
+        with_state_uncached(id, slot, f);
+    }
+}
+
+#[cold]
+fn with_state_uncached(id: u64, slot: usize, f: Option<impl FnOnce(&State)>) {
+    let Some(state) = read(&LIVE).get(&id).and_then(Weak::upgrade) else {
+        return;
+    };
+    if let Some(f) = f {
+        f(&state);
+    }
+    let evicted = STATES.try_with(|cache| cache.borrow_mut()[slot].replace((id, state)));
+    // Dropped outside the borrow: it may be a state's last reference.
+    drop(evicted);
 }
 
 fn slot_of(table: u64, hash: u64) -> usize {

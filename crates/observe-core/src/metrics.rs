@@ -153,6 +153,7 @@ impl HttpMetrics {
             requests: Box::default(),
             service: config.service,
         });
+        crate::cache::register_state(&state);
         let collector = HttpCollector::new(state.clone())?;
         registry
             .register(Box::new(collector))
@@ -207,7 +208,7 @@ impl HttpMetrics {
             &self.state.requests[shard.index()].started[method.index()],
             1,
         );
-        Some(RequestRecord::new(self.state.clone(), method, route))
+        Some(RequestRecord::new(self.state.id, method, route))
     }
 
     /// Current `http_server_active_requests` for one method.
@@ -215,6 +216,12 @@ impl HttpMetrics {
         self.state
             .active_requests(MethodLabel::from_method(method))
             .unwrap_or(0)
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        crate::cache::forget_state(self.id);
     }
 }
 

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::labels::MethodLabel;
-use crate::metrics::{Observation, SeriesKey, State};
+use crate::metrics::{Observation, SeriesKey};
 use crate::routes::RouteId;
 
 /// Status recorded for a client that went away before the response body was complete.
@@ -23,7 +23,9 @@ pub const INTERNAL_SERVER_ERROR: u16 = 500;
 /// Either way `http_server_active_requests` goes back down.
 #[derive(Debug)]
 pub struct RequestRecord {
-    state: Arc<State>,
+    /// The id of the metrics' state: found again when the request ends (`cache::with_state`),
+    /// so that a request in flight touches no shared reference count.
+    state: u64,
     started: Instant,
     method: MethodLabel,
     route: RouteId,
@@ -63,7 +65,7 @@ impl ByteTally {
 }
 
 impl RequestRecord {
-    pub(crate) fn new(state: Arc<State>, method: MethodLabel, route: RouteId) -> Self {
+    pub(crate) fn new(state: u64, method: MethodLabel, route: RouteId) -> Self {
         RequestRecord {
             state,
             started: Instant::now(),
@@ -166,7 +168,7 @@ impl RequestRecord {
                 + self.request_tally.as_ref().map_or(0, ByteTally::get),
             response_bytes: self.response_bytes,
         });
-        self.state.finish(self.method, observation);
+        crate::cache::with_state(self.state, |state| state.finish(self.method, observation));
     }
 }
 
@@ -245,5 +247,34 @@ mod tests {
         assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 100"#));
         assert!(text
             .contains(r#"http_server_active_requests{http_request_method="GET",service="t"} 0"#));
+    }
+
+    #[test]
+    fn a_request_outliving_its_middleware_is_recorded_while_its_registry_is_readable() {
+        let metrics = HttpMetrics::new("t");
+        let registry = metrics.registry().clone();
+        let route = metrics.route(Some("/x"));
+        let mut record = metrics.start("GET", route).unwrap();
+        record.responded(200);
+        drop(metrics);
+        // Ends on a thread that never met these metrics: found through the registry's hold.
+        std::thread::spawn(move || record.complete())
+            .join()
+            .unwrap();
+        let text = crate::MetricsEncoder::new(registry).encode(None).unwrap();
+        let text = String::from_utf8(text.body).unwrap();
+        assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 1"#));
+    }
+
+    #[test]
+    fn a_request_outliving_everything_that_could_read_it_ends_quietly() {
+        let metrics = HttpMetrics::new("t");
+        let route = metrics.route(Some("/x"));
+        let mut record = metrics.start("GET", route).unwrap();
+        record.responded(200);
+        drop(metrics);
+        std::thread::spawn(move || record.complete())
+            .join()
+            .unwrap();
     }
 }
