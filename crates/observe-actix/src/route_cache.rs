@@ -11,7 +11,7 @@
 
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use actix_web::dev::{Path, ResourceMap, ServiceRequest, Url};
 use actix_web::http::Uri;
@@ -23,7 +23,29 @@ use observe_core::{HttpMetrics, RouteId};
 /// per request if that ever stops holding (then the rest are resolved uncached).
 const MAX_CACHED_SHAPES: usize = 4096;
 
-type Shapes = HashMap<u64, RouteId, foldhash::fast::RandomState>;
+/// Shapes are already seeded hashes: the map uses them as they are instead of hashing again.
+type Shapes = HashMap<u64, RouteId, BuildHasherDefault<ShapeHasher>>;
+
+/// Passes a shape (a `u64` hash) through unchanged.
+#[derive(Default)]
+struct ShapeHasher(u64);
+
+impl Hasher for ShapeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys reach this hasher; fold anything else in rather than drop it.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, shape: u64) {
+        self.0 = shape;
+    }
+}
 
 /// One worker's route resolution: the metrics, its cache of route shapes and, for requests
 /// that come back as an `Err`, the app's resource map.
