@@ -190,6 +190,14 @@ impl Drop for RequestRecord {
 mod tests {
     use crate::{HttpMetrics, RouteId};
 
+    /// What `/metrics` would serve for `registry`.
+    fn exposition(registry: &prometheus::Registry) -> String {
+        let out = crate::MetricsEncoder::new(registry.clone())
+            .encode(None)
+            .unwrap();
+        String::from_utf8(out.body).unwrap()
+    }
+
     #[test]
     fn responses_without_a_body_on_the_wire_are_bodiless() {
         let metrics = HttpMetrics::new("t");
@@ -215,10 +223,7 @@ mod tests {
         record.responded(200);
         drop(record);
         assert_eq!(metrics.active_requests("GET"), 0);
-        let text = crate::MetricsEncoder::new(metrics.registry().clone())
-            .encode(None)
-            .unwrap();
-        let text = String::from_utf8(text.body).unwrap();
+        let text = exposition(metrics.registry());
         assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="499",http_route="/x",service="t"} 1"#));
     }
 
@@ -240,10 +245,7 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(metrics.active_requests("GET"), 0);
-        let text = crate::MetricsEncoder::new(metrics.registry().clone())
-            .encode(None)
-            .unwrap();
-        let text = String::from_utf8(text.body).unwrap();
+        let text = exposition(metrics.registry());
         assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 100"#));
         assert!(text
             .contains(r#"http_server_active_requests{http_request_method="GET",service="t"} 0"#));
@@ -261,8 +263,7 @@ mod tests {
         std::thread::spawn(move || record.complete())
             .join()
             .unwrap();
-        let text = crate::MetricsEncoder::new(registry).encode(None).unwrap();
-        let text = String::from_utf8(text.body).unwrap();
+        let text = exposition(&registry);
         assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 1"#));
     }
 
