@@ -46,6 +46,26 @@ where
     start.elapsed()
 }
 
+/// `iters` requests through each app, alternating in blocks; returns the time `with` took
+/// beyond `without`.
+async fn paired<S, T, B, C>(without: &S, with: &T, iters: u64, path: &'static str) -> Duration
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = Error>,
+    T: Service<actix_http::Request, Response = ServiceResponse<C>, Error = Error>,
+    B: MessageBody,
+    C: MessageBody,
+{
+    let (mut bare, mut wrapped) = (Duration::ZERO, Duration::ZERO);
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(PAIRED_BLOCK);
+        bare += drive(without, n, path).await;
+        wrapped += drive(with, n, path).await;
+        left -= n;
+    }
+    wrapped.saturating_sub(bare)
+}
+
 /// Requests per block in the paired `actix_added*` benchmarks (about a millisecond).
 const PAIRED_BLOCK: u64 = 1000;
 
@@ -70,19 +90,7 @@ fn overhead(c: &mut Criterion) {
         // The difference itself, measured in pairs: blocks of requests alternate between the
         // two apps, so the machine's drift between two benchmarks cannot enter it.
         group.bench_function(format!("actix_added{name}"), |b| {
-            b.iter_custom(|iters| {
-                system.block_on(async {
-                    let (mut without, mut with) = (Duration::ZERO, Duration::ZERO);
-                    let mut left = iters;
-                    while left > 0 {
-                        let n = left.min(PAIRED_BLOCK);
-                        without += drive(&bare, n, path).await;
-                        with += drive(&observed, n, path).await;
-                        left -= n;
-                    }
-                    with.saturating_sub(without)
-                })
-            })
+            b.iter_custom(|iters| system.block_on(paired(&bare, &observed, iters, path)))
         });
     }
     // The least any recording middleware must do through the same `wrap`: read the clock when
@@ -94,19 +102,7 @@ fn overhead(c: &mut Criterion) {
         b.iter_custom(|iters| system.block_on(drive(&floor, iters, "/users/42")))
     });
     group.bench_function("actix_floor_added", |b| {
-        b.iter_custom(|iters| {
-            system.block_on(async {
-                let (mut without, mut with) = (Duration::ZERO, Duration::ZERO);
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(PAIRED_BLOCK);
-                    without += drive(&bare, n, "/users/42").await;
-                    with += drive(&floor, n, "/users/42").await;
-                    left -= n;
-                }
-                with.saturating_sub(without)
-            })
-        })
+        b.iter_custom(|iters| system.block_on(paired(&bare, &floor, iters, "/users/42")))
     });
     group.finish();
 }
