@@ -9,9 +9,12 @@
 //! ```
 //!
 //! `/debug/pprof/*` answers loopback clients only (observe's default); see docs/pprof.md.
-use std::hint::black_box;
+
+#[path = "../../shared/busy_work.rs"]
+mod busy_work;
+
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query};
@@ -112,31 +115,10 @@ fn default_work_ms() -> u64 {
 /// CPU profile to find.
 async fn work(Query(p): Query<WorkParams>) -> String {
     let budget = Duration::from_millis(p.ms.min(1000));
-    let rounds = tokio::task::spawn_blocking(move || busy_work(budget))
+    let rounds = tokio::task::spawn_blocking(move || busy_work::busy_work(budget))
         .await
         .unwrap_or(0);
     format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
-}
-
-/// Hashes in a loop until `budget` is spent; returns the rounds done. Never inlined, so
-/// profiles show it by name.
-#[inline(never)]
-fn busy_work(budget: Duration) -> u64 {
-    let started = Instant::now();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rounds = 0;
-    while started.elapsed() < budget {
-        for _ in 0..10_000 {
-            // xorshift64*: cheap, and black_box keeps the optimizer from skipping it.
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state = black_box(state.wrapping_mul(0x2545_f491_4f6c_dd1d));
-        }
-        rounds += 1;
-    }
-    black_box(state);
-    rounds
 }
 
 /// The example's whole app: the API, `/metrics`, and the layer around both.
