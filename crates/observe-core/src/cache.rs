@@ -29,7 +29,14 @@ pub(crate) fn new_table_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// States a thread remembers; ids are consecutive, so a process's first eight never collide.
+/// A fresh id for a [`State`]; ids are never reused, and consecutive so that a process's first
+/// [`STATE_SLOTS`] states never collide in the per-thread cache.
+pub(crate) fn new_state_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// States a thread remembers.
 const STATE_SLOTS: usize = 8;
 
 type RouteSlot = Option<(u64, Arc<str>, RouteId)>;
@@ -56,38 +63,32 @@ pub(crate) fn forget_state(id: u64) {
     write(&LIVE).remove(&id);
 }
 
-/// Runs `f` on the state `id`, unless it is gone.
+/// Runs `f` on the state `id`; `None` if it is gone.
 #[inline]
-pub(crate) fn with_state(id: u64, f: impl FnOnce(&State)) {
+pub(crate) fn with_state<R>(id: u64, f: impl FnOnce(&State) -> R) -> Option<R> {
     let slot = id as usize % STATE_SLOTS;
     let mut f = Some(f);
     let hit = STATES
         .try_with(|cache| match &cache.borrow()[slot] {
-            Some((i, state)) if *i == id => {
-                if let Some(f) = f.take() {
-                    f(state);
-                }
-                true
-            }
-            _ => false,
+            Some((i, state)) if *i == id => f.take().map(|f| f(state)),
+            _ => None,
         })
-        .unwrap_or(false);
-    if !hit {
-        with_state_uncached(id, slot, f);
+        .ok()
+        .flatten();
+    match hit {
+        Some(result) => Some(result),
+        None => with_state_uncached(id, slot, f?),
     }
 }
 
 #[cold]
-fn with_state_uncached(id: u64, slot: usize, f: Option<impl FnOnce(&State)>) {
-    let Some(state) = read(&LIVE).get(&id).and_then(Weak::upgrade) else {
-        return;
-    };
-    if let Some(f) = f {
-        f(&state);
-    }
+fn with_state_uncached<R>(id: u64, slot: usize, f: impl FnOnce(&State) -> R) -> Option<R> {
+    let state = read(&LIVE).get(&id).and_then(Weak::upgrade)?;
+    let result = f(&state);
     let evicted = STATES.try_with(|cache| cache.borrow_mut()[slot].replace((id, state)));
     // Dropped outside the borrow: it may be a state's last reference.
     drop(evicted);
+    Some(result)
 }
 
 fn slot_of(table: u64, hash: u64) -> usize {

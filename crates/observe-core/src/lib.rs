@@ -47,7 +47,7 @@ pub use config::{
 pub use encode::{EncodedMetrics, MetricsEncoder, TEXT_CONTENT_TYPE};
 pub use error::ObserveError;
 pub use labels::MethodLabel;
-pub use metrics::HttpMetrics;
+pub use metrics::{HttpMetrics, MetricsId};
 pub use record::{ByteTally, RequestRecord, CLIENT_CLOSED_REQUEST, INTERNAL_SERVER_ERROR};
 pub use routes::{RouteId, OVERFLOW_ROUTE, UNMATCHED_ROUTE};
 

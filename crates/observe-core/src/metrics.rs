@@ -142,7 +142,7 @@ impl HttpMetrics {
             None => (Registry::new(), true),
         };
         let state = Arc::new(State {
-            id: crate::cache::new_table_id(),
+            id: crate::cache::new_state_id(),
             const_labels: config.const_labels.into_iter().collect(),
             routes: RouteTable::new(&config.excluded_routes, config.max_routes),
             series: RwLock::new(HashMap::default()),
@@ -199,16 +199,15 @@ impl HttpMetrics {
     /// call [`RequestRecord::set_route`] then.
     #[inline]
     pub fn start(&self, method: &str, route: RouteId) -> Option<RequestRecord> {
-        if route.is_excluded() {
-            return None;
-        }
         let method = MethodLabel::from_method(method);
-        let shard = Shard::current();
-        shard.add(
-            &self.state.requests[shard.index()].started[method.index()],
-            1,
-        );
-        Some(RequestRecord::new(self.state.id, method, route))
+        self.state
+            .count_start(method, route)
+            .then(|| RequestRecord::new(self.state.id, method, route))
+    }
+
+    /// A `Copy` handle on these metrics for services that are cloned for every request.
+    pub fn id(&self) -> MetricsId {
+        MetricsId(self.state.id)
     }
 
     /// Current `http_server_active_requests` for one method.
@@ -219,6 +218,41 @@ impl HttpMetrics {
     }
 }
 
+/// A `Copy` handle on [`HttpMetrics`] that holds no reference count, for services cloned for
+/// every request (axum clones a layered route per request): copying it writes no memory that
+/// other threads share.
+///
+/// It records while the metrics live, that is while a [`HttpMetrics`] handle or the registry
+/// they are registered on does. Once both are gone nobody can read what a request would add,
+/// and nothing is recorded.
+///
+/// ```
+/// use observe_core::{HttpMetrics, MethodLabel};
+///
+/// let metrics = HttpMetrics::new("svc");
+/// let id = metrics.id();
+/// let mut record = id.start(MethodLabel::from_method("GET"), Some("/users/{id}")).unwrap();
+/// record.responded(200);
+/// record.complete();
+/// assert_eq!(metrics.active_requests("GET"), 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsId(u64);
+
+impl MetricsId {
+    /// [`HttpMetrics::route`] and [`HttpMetrics::start`] in one: starts recording a request to
+    /// `template` (`None`: nothing matched). `None` when the route is excluded or the metrics
+    /// are gone.
+    #[inline]
+    pub fn start(self, method: MethodLabel, template: Option<&str>) -> Option<RequestRecord> {
+        let route = crate::cache::with_state(self.0, |state| {
+            let route = state.routes.resolve(template);
+            state.count_start(method, route).then_some(route)
+        })??;
+        Some(RequestRecord::new(self.0, method, route))
+    }
+}
+
 impl Drop for State {
     fn drop(&mut self) {
         crate::cache::forget_state(self.id);
@@ -226,6 +260,18 @@ impl Drop for State {
 }
 
 impl State {
+    /// Counts a request to `route` in flight; `false` (and nothing counted) if the route is
+    /// excluded.
+    #[inline]
+    fn count_start(&self, method: MethodLabel, route: RouteId) -> bool {
+        if route.is_excluded() {
+            return false;
+        }
+        let shard = Shard::current();
+        shard.add(&self.requests[shard.index()].started[method.index()], 1);
+        true
+    }
+
     /// Requests of `method` in flight; `None` if none ever started.
     pub(crate) fn active_requests(&self, method: MethodLabel) -> Option<i64> {
         let total = |counter: fn(&MethodCounters) -> &[AtomicU64; MethodLabel::COUNT]| {

@@ -92,6 +92,14 @@ impl RequestRecord {
         self.route = route;
     }
 
+    /// Sets the route from the framework's template, learned after the request started.
+    pub fn set_template(&mut self, template: &str) {
+        let state = self.state;
+        if let Some(route) = crate::cache::with_state(state, |s| s.routes.resolve(Some(template))) {
+            self.set_route(route);
+        }
+    }
+
     /// A response head with this status exists. Until [`complete`](Self::complete), a drop
     /// still means the client did not get the whole response.
     #[inline]
@@ -188,7 +196,7 @@ impl Drop for RequestRecord {
 
 #[cfg(test)]
 mod tests {
-    use crate::{HttpMetrics, RouteId};
+    use crate::{HttpMetrics, MethodLabel, RouteId};
 
     /// What `/metrics` would serve for `registry`.
     fn exposition(registry: &prometheus::Registry) -> String {
@@ -276,5 +284,60 @@ mod tests {
     fn a_request_outliving_everything_that_could_read_it_ends_quietly() {
         // Neither handle nor registry is left: the end finds no state and records nothing.
         assert!(end_after_the_metrics_are_dropped(false).is_none());
+    }
+
+    /// One `GET /x` answered 200, started through `id` on a thread of its own (whose
+    /// per-thread cache goes when it exits); whether it was recorded.
+    fn request_through(id: crate::MetricsId) -> bool {
+        std::thread::spawn(move || {
+            let Some(mut record) = id.start(MethodLabel::from_method("GET"), Some("/x")) else {
+                return false;
+            };
+            record.responded(200);
+            record.complete();
+            true
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_metrics_id_records_while_its_registry_is_readable_and_then_nothing() {
+        let (id, registry) = std::thread::spawn(|| {
+            let metrics = HttpMetrics::new("t");
+            (metrics.id(), metrics.registry().clone())
+        })
+        .join()
+        .unwrap();
+        assert!(request_through(id));
+        assert!(request_through(id));
+        let text = exposition(&registry);
+        assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 2"#));
+        drop(registry);
+        assert!(!request_through(id));
+    }
+
+    #[test]
+    fn many_metrics_alive_at_once_each_count_their_own_requests() {
+        // More than a thread caches: ids share cache slots and evict each other.
+        let all: Vec<_> = (0..20).map(|i| HttpMetrics::new(format!("s{i}"))).collect();
+        let get = MethodLabel::from_method("GET");
+        for round in 0..3 {
+            for (i, metrics) in all.iter().enumerate().filter(|(i, _)| i % 3 <= round) {
+                let mut record = metrics.id().start(get, Some("/x")).unwrap();
+                record.responded(200 + i as u16);
+                record.complete();
+            }
+        }
+        for (i, metrics) in all.iter().enumerate() {
+            let text = exposition(metrics.registry());
+            let expected = 3 - i % 3;
+            let line = format!(
+                r#"http_server_requests_total{{http_request_method="GET",http_response_status_code="{}",http_route="/x",service="s{i}"}} {expected}"#,
+                200 + i
+            );
+            assert!(text.contains(&line), "{line}\nnot in\n{text}");
+            assert_eq!(metrics.active_requests("GET"), 0);
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! layer from axum's own per-layer boxing. `axum_added` measures the router difference directly,
 //! alternating the two routers block by block within each sample (the time reported is with
 //! minus without). `axum_noop_layer` and `axum_floor_layer` are what axum charges for any layer
-//! and the least any recording layer costs.
+//! and the least any recording layer costs. The `two_threads` group drives one router from two
+//! threads at once.
 
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
@@ -121,20 +122,20 @@ fn overhead(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut group = c.benchmark_group("per_request");
+    // Kept alive to the end, as a server keeps its `/metrics`: layered services record only
+    // while someone can read their metrics.
+    let observe = ObserveLayer::new("bench");
     bench(&mut group, &rt, "axum_bare", served(router()), AxumRequest);
     bench(
         &mut group,
         &rt,
         "axum_observed",
-        served(router().layer(ObserveLayer::new("bench"))),
+        served(router().layer(observe.clone())),
         AxumRequest,
     );
     // The difference itself, measured in pairs: blocks of requests alternate between the two
     // routers, so the machine's drift between two benchmarks cannot enter it.
-    let (without, with) = (
-        served(router()),
-        served(router().layer(ObserveLayer::new("bench"))),
-    );
+    let (without, with) = (served(router()), served(router().layer(observe.clone())));
     group.bench_function("axum_added", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let (mut without, mut with) = (without.clone(), with.clone());
@@ -202,6 +203,53 @@ fn overhead(c: &mut Criterion) {
         AxumRequest,
     );
     group.finish();
+    two_threads(c, &observe);
+    drop(observe);
+}
+
+/// The same router driven from two threads at once, as a multi-threaded runtime's workers share
+/// it: whatever the layer writes that both threads share (a reference count, a counter) costs
+/// here, not in the single-threaded figures. The time is per request on each thread.
+fn two_threads(c: &mut Criterion, observe: &ObserveLayer) {
+    let mut group = c.benchmark_group("two_threads");
+    let bare = served(router());
+    group.bench_function("axum_bare", |b| {
+        b.iter_custom(|iters| on_two_threads(&bare, iters))
+    });
+    let observed = served(router().layer(observe.clone()));
+    group.bench_function("axum_observed", |b| {
+        b.iter_custom(|iters| on_two_threads(&observed, iters))
+    });
+    group.finish();
+}
+
+/// `iters` requests on each of two threads, each with its own clone of `svc`; the longer
+/// thread's time.
+fn on_two_threads(svc: &Router, iters: u64) -> Duration {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut svc, start) = (svc.clone(), start.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                start.wait();
+                rt.block_on(async move {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        drive(&mut svc).await;
+                    }
+                    started.elapsed()
+                })
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .max()
+        .unwrap_or_default()
 }
 
 /// A layer that only times requests to the end of their response bodies, and records nothing.
@@ -294,6 +342,15 @@ mod floor {
                 }
             }
             Poll::Ready(frame)
+        }
+
+        // Forwarded, as any layer must: axum sets `Content-Length` from the size hint.
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            self.inner.size_hint()
         }
     }
 }

@@ -82,8 +82,9 @@ pin_project! {
     }
 }
 
-// Only axum's `Body` can be re-wrapped without changing the request's type.
-#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+// Only axum's and tonic's type-erased bodies can be re-wrapped without changing the request's
+// type.
+#[cfg_attr(not(any(feature = "axum", feature = "tonic")), allow(dead_code))]
 impl<B> RequestBody<B> {
     /// Wraps `inner`, counting into `record`.
     pub(crate) fn new(inner: B, record: &mut RequestRecord) -> Self {
@@ -125,18 +126,30 @@ impl<B: Body> Body for RequestBody<B> {
 /// layer fits wherever a `Service<Request<B>>` is expected (axum's `Router::layer`, tonic's
 /// `Server::layer`).
 ///
-/// axum's `Body` is wrapped to count the bytes the handler actually reads; any other body type
-/// records its exact size hint (its `Content-Length`). A request without a body costs nothing.
+/// axum's `Body` (and with the `tonic` feature tonic's) is wrapped to count the bytes the handler
+/// actually reads; any other body type records its exact size hint (its `Content-Length`). A
+/// request without a body costs nothing.
 pub(crate) fn count_request_body<B: Body + 'static>(body: &mut B, record: &mut RequestRecord) {
     if body.is_end_stream() {
         return;
     }
+    #[cfg(any(feature = "axum", feature = "tonic"))]
+    let erased = body as &mut dyn std::any::Any;
     #[cfg(feature = "axum")]
-    if let Some(body) = (body as &mut dyn std::any::Any).downcast_mut::<axum::body::Body>() {
-        // The placeholder is an empty body, which axum boxes without allocating.
-        let inner = std::mem::take(body);
-        *body = axum::body::Body::new(RequestBody::new(inner, record));
-        return;
+    if let Some(body) = erased.downcast_mut::<axum::body::Body>() {
+        return rewrap(body, record, axum::body::Body::new);
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(body) = erased.downcast_mut::<tonic::body::Body>() {
+        return rewrap(body, record, tonic::body::Body::new);
     }
     record.add_request_bytes(body.size_hint().exact().unwrap_or(0));
+}
+
+/// Replaces a type-erased body with itself wrapped in a counting [`RequestBody`]. The
+/// placeholder left while it moves is an empty body, which neither axum nor tonic boxes.
+#[cfg(any(feature = "axum", feature = "tonic"))]
+fn rewrap<T: Default>(body: &mut T, record: &mut RequestRecord, erase: fn(RequestBody<T>) -> T) {
+    let inner = std::mem::take(body);
+    *body = erase(RequestBody::new(inner, record));
 }

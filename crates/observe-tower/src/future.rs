@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::Response;
-use observe_core::{HttpMetrics, RequestRecord};
+use observe_core::RequestRecord;
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
@@ -18,16 +18,12 @@ pin_project! {
         #[pin]
         inner: F,
         record: Option<RequestRecord>,
-        slot: Option<(RouteSlot, HttpMetrics)>,
+        slot: Option<RouteSlot>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(
-        inner: F,
-        record: Option<RequestRecord>,
-        slot: Option<(RouteSlot, HttpMetrics)>,
-    ) -> Self {
+    pub(crate) fn new(inner: F, record: Option<RequestRecord>, slot: Option<RouteSlot>) -> Self {
         ResponseFuture {
             inner,
             record,
@@ -47,9 +43,9 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let mut record = this.record.take();
-        if let (Some(record), Some((slot, metrics))) = (&mut record, this.slot.take()) {
-            if let Some(route) = slot.resolve(&metrics) {
-                record.set_route(route);
+        if let (Some(record), Some(slot)) = (&mut record, this.slot.take()) {
+            if let Some(template) = slot.template() {
+                record.set_template(template);
             }
         }
         Poll::Ready(match result {

@@ -20,6 +20,8 @@
 //! `http_server_requests_total`, `http_server_active_requests` and the body size histograms.
 //! `http_route` is axum's route template ([`axum::extract::MatchedPath`]), `unmatched` when
 //! there is none; without axum, give a route function with [`ObserveLayer::with_route_fn`].
+//! For tonic, turn on the `tonic` feature: gRPC request bodies carry no `Content-Length`, and
+//! with it their size is the bytes the handler read.
 //!
 //! Apply the layer once, on the outermost router. A router mounted with `nest_service`
 //! keeps its full template when it carries the same layer too (see [`ObserveLayer`]).

@@ -2,18 +2,32 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use observe_core::{RequestRecord, RouteId};
+use observe_core::{MethodLabel, MetricsId, RequestRecord};
 use tower_service::Service;
 
 use crate::body::{count_request_body, ResponseBody};
 use crate::future::ResponseFuture;
-use crate::layer::ObserveLayer;
+use crate::layer::RouteFn;
 
-/// The service [`ObserveLayer`] wraps around an inner service.
-#[derive(Clone, Debug)]
+/// The service [`ObserveLayer`](crate::ObserveLayer) wraps around an inner service.
+///
+/// axum clones it for every request, so it holds no reference count: its metrics are found by
+/// id (see [`MetricsId`]).
+#[derive(Clone)]
 pub struct Observe<S> {
     pub(crate) inner: S,
-    pub(crate) layer: Arc<ObserveLayer>,
+    pub(crate) metrics: MetricsId,
+    pub(crate) route_fn: Option<Arc<RouteFn>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Observe<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observe")
+            .field("inner", &self.inner)
+            .field("metrics", &self.metrics)
+            .field("route_fn", &self.route_fn.is_some())
+            .finish()
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
@@ -32,33 +46,28 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let metrics = &self.layer.metrics;
+        let method = MethodLabel::from_method(req.method().as_str());
         let mut slot = None;
-        let route = match &self.layer.route_fn {
+        let mut record: Option<RequestRecord> = match &self.route_fn {
             Some(route_fn) => {
                 let (parts, body) = req.into_parts();
-                let route = metrics.route(route_fn(&parts));
+                let record = self.metrics.start(method, route_fn(&parts));
                 req = Request::from_parts(parts, body);
-                route
+                record
             }
-            None => match nested::route_of(req.extensions_mut(), metrics) {
-                nested::Route::Resolved(route) => route,
-                nested::Route::Unknown(s) => {
-                    slot = Some(s);
-                    RouteId::UNMATCHED
+            None => match nested::lookup(req.extensions()) {
+                nested::Lookup::Template(template) => self.metrics.start(method, template),
+                nested::Lookup::ObservedOutside => None,
+                nested::Lookup::Unknown => {
+                    slot = Some(nested::RouteSlot::wait(req.extensions_mut()));
+                    self.metrics.start(method, None)
                 }
-                nested::Route::ObservedOutside => RouteId::EXCLUDED,
             },
         };
-        let mut record: Option<RequestRecord> = metrics.start(req.method().as_str(), route);
         if let Some(record) = &mut record {
             count_request_body(req.body_mut(), record);
         }
-        ResponseFuture::new(
-            self.inner.call(req),
-            record,
-            slot.map(|s| (s, metrics.clone())),
-        )
+        ResponseFuture::new(self.inner.call(req), record, slot)
     }
 }
 
@@ -69,7 +78,6 @@ pub(crate) mod nested {
 
     use axum::extract::MatchedPath;
     use http::Extensions;
-    use observe_core::{HttpMetrics, RouteId};
 
     /// Where an inner `ObserveLayer` (on a router mounted by `nest_service`) leaves the full
     /// template for the outer one, which saw none.
@@ -77,34 +85,39 @@ pub(crate) mod nested {
     pub(crate) struct RouteSlot(Arc<OnceLock<MatchedPath>>);
 
     impl RouteSlot {
-        pub(crate) fn resolve(&self, metrics: &HttpMetrics) -> Option<RouteId> {
-            self.0.get().map(|p| metrics.route(Some(p.as_str())))
+        /// A slot, left in the request for a nested layer to fill in.
+        pub(crate) fn wait(extensions: &mut Extensions) -> Self {
+            let slot = RouteSlot::default();
+            extensions.insert(slot.clone());
+            slot
+        }
+
+        pub(crate) fn template(&self) -> Option<&str> {
+            self.0.get().map(MatchedPath::as_str)
         }
     }
 
-    pub(crate) enum Route {
-        Resolved(RouteId),
-        /// No template yet: a 404, or a nested service that may name it later.
-        Unknown(RouteSlot),
-        /// An outer layer records this request; we only told it the template.
+    /// Where a request's template comes from.
+    pub(crate) enum Lookup<'a> {
+        /// The template axum matched (`None`: nothing matched, and nothing will name it).
+        Template(Option<&'a str>),
+        /// An outer layer records this request; it was told the template, if any.
         ObservedOutside,
+        /// No template yet: a 404, or a nested service that may name it later.
+        Unknown,
     }
 
-    pub(crate) fn route_of(extensions: &mut Extensions, metrics: &HttpMetrics) -> Route {
+    pub(crate) fn lookup(extensions: &Extensions) -> Lookup<'_> {
         let path = extensions.get::<MatchedPath>();
         if let Some(slot) = extensions.get::<RouteSlot>() {
             if let Some(path) = path {
                 let _ = slot.0.set(path.clone());
             }
-            return Route::ObservedOutside;
+            return Lookup::ObservedOutside;
         }
         match path {
-            Some(path) => Route::Resolved(metrics.route(Some(path.as_str()))),
-            None => {
-                let slot = RouteSlot::default();
-                extensions.insert(slot.clone());
-                Route::Unknown(slot)
-            }
+            Some(path) => Lookup::Template(Some(path.as_str())),
+            None => Lookup::Unknown,
         }
     }
 }
@@ -114,26 +127,29 @@ pub(crate) mod nested {
     //! Without axum there is no template in the request: everything is `unmatched` unless a
     //! route function is given.
     use http::Extensions;
-    use observe_core::{HttpMetrics, RouteId};
 
     #[derive(Clone, Debug, Default)]
     pub(crate) struct RouteSlot;
 
     impl RouteSlot {
-        pub(crate) fn resolve(&self, _: &HttpMetrics) -> Option<RouteId> {
+        #[allow(dead_code)]
+        pub(crate) fn wait(_: &mut Extensions) -> Self {
+            RouteSlot
+        }
+
+        pub(crate) fn template(&self) -> Option<&str> {
             None
         }
     }
 
-    pub(crate) enum Route {
-        Resolved(RouteId),
-        #[allow(dead_code)]
-        Unknown(RouteSlot),
-        #[allow(dead_code)]
+    #[allow(dead_code)]
+    pub(crate) enum Lookup<'a> {
+        Template(Option<&'a str>),
         ObservedOutside,
+        Unknown,
     }
 
-    pub(crate) fn route_of(_: &mut Extensions, _: &HttpMetrics) -> Route {
-        Route::Resolved(RouteId::UNMATCHED)
+    pub(crate) fn lookup(_: &Extensions) -> Lookup<'static> {
+        Lookup::Template(None)
     }
 }

@@ -59,6 +59,23 @@ where
     allocations() - before
 }
 
+/// Requests `layer` has recorded: every warm-up and measured one, or the figures above would
+/// be those of a layer that records nothing.
+fn recorded(layer: &ObserveLayer) -> f64 {
+    layer
+        .metrics()
+        .registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "http_server_requests_total")
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().value())
+        .sum()
+}
+
+/// Warm-up and measured requests of one `allocations_per_request`.
+const SERVED: f64 = (100 + REQUESTS) as f64;
+
 fn handler(
 ) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> {
     tower::service_fn(|_req: Request<Full<Bytes>>| async {
@@ -76,6 +93,7 @@ fn the_layer_allocates_nothing_on_a_seen_route() {
     let layer = ObserveLayer::new("alloc").with_route_fn(|_| Some("/users/{id}"));
     let observed = allocations_per_request(tower::Layer::layer(&layer, handler()), plain_request);
     println!("service_fn: {bare} allocations/request bare, {observed} with ObserveLayer");
+    assert_eq!(recorded(&layer), SERVED);
     assert_eq!(observed - bare, 0.0);
 }
 
@@ -91,13 +109,15 @@ fn through_axum_the_layer_adds_only_axums_boxing() {
     // Wrapped around the whole router the layer adds nothing (but sees no route template).
     let layer = ObserveLayer::new("outside").with_route_fn(|_| Some("/users/{id}"));
     let outside = allocations_per_request(tower::Layer::layer(&layer, serve(router())), request);
+    assert_eq!(recorded(&layer), SERVED);
     assert_eq!(outside - bare, 0.0);
 
     // Any layer on a Router costs axum two boxes per call (the cloned route and its future).
     let noop = tower::util::MapRequestLayer::new(|req: Request<Body>| req);
     let any_layer = allocations_per_request(serve(router().layer(noop)), request);
-    let observed =
-        allocations_per_request(serve(router().layer(ObserveLayer::new("alloc"))), request);
+    let observe = ObserveLayer::new("alloc");
+    let observed = allocations_per_request(serve(router().layer(observe.clone())), request);
+    assert_eq!(recorded(&observe), SERVED);
     println!(
         "axum Router: {bare} allocations/request bare, {outside} with ObserveLayer around it, \
          {any_layer} with a no-op Router::layer, {observed} with ObserveLayer as Router::layer"
