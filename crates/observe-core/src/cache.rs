@@ -36,12 +36,13 @@ pub(crate) fn new_state_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// States a thread remembers.
+/// States a thread remembers, and states it found gone (ids are never reused, so a gone state
+/// stays gone: a layer whose metrics nobody can read any more pays no lock per request).
 const STATE_SLOTS: usize = 8;
 
 type RouteSlot = Option<(u64, Arc<str>, RouteId)>;
 type SeriesSlot = Option<(u64, SeriesKey, Arc<Series>)>;
-type StateSlot = Option<(u64, Arc<State>)>;
+type StateSlot = Option<(u64, Option<Arc<State>>)>;
 
 thread_local! {
     static ROUTES: RefCell<[RouteSlot; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
@@ -68,27 +69,30 @@ pub(crate) fn forget_state(id: u64) {
 pub(crate) fn with_state<R>(id: u64, f: impl FnOnce(&State) -> R) -> Option<R> {
     let slot = id as usize % STATE_SLOTS;
     let mut f = Some(f);
+    // `Some(None)`: known to be gone.
     let hit = STATES
         .try_with(|cache| match &cache.borrow()[slot] {
-            Some((i, state)) if *i == id => f.take().map(|f| f(state)),
+            Some((i, state)) if *i == id => {
+                Some(state.as_deref().and_then(|s| f.take().map(|f| f(s))))
+            }
             _ => None,
         })
         .ok()
         .flatten();
     match hit {
-        Some(result) => Some(result),
+        Some(result) => result,
         None => with_state_uncached(id, slot, f?),
     }
 }
 
 #[cold]
 fn with_state_uncached<R>(id: u64, slot: usize, f: impl FnOnce(&State) -> R) -> Option<R> {
-    let state = read(&LIVE).get(&id).and_then(Weak::upgrade)?;
-    let result = f(&state);
+    let state = read(&LIVE).get(&id).and_then(Weak::upgrade);
+    let result = state.as_deref().map(f);
     let evicted = STATES.try_with(|cache| cache.borrow_mut()[slot].replace((id, state)));
     // Dropped outside the borrow: it may be a state's last reference.
     drop(evicted);
-    Some(result)
+    result
 }
 
 fn slot_of(table: u64, hash: u64) -> usize {

@@ -286,16 +286,19 @@ mod tests {
         assert!(end_after_the_metrics_are_dropped(false).is_none());
     }
 
-    /// One `GET /x` answered 200, started through `id` on a thread of its own (whose
-    /// per-thread cache goes when it exits); whether it was recorded.
-    fn request_through(id: crate::MetricsId) -> bool {
+    /// Two `GET /x` answered 200 (the second finds the state, or its absence, in the cache the
+    /// first filled), started through `id` on a thread of its own whose per-thread cache goes
+    /// when it exits; how many were recorded.
+    fn requests_through(id: crate::MetricsId) -> usize {
         std::thread::spawn(move || {
-            let Some(mut record) = id.start(MethodLabel::from_method("GET"), Some("/x")) else {
-                return false;
-            };
-            record.responded(200);
-            record.complete();
-            true
+            let get = MethodLabel::from_method("GET");
+            let records = (0..2).filter_map(|_| id.start(get, Some("/x")));
+            records
+                .map(|mut record| {
+                    record.responded(200);
+                    record.complete();
+                })
+                .count()
         })
         .join()
         .unwrap()
@@ -309,12 +312,12 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert!(request_through(id));
-        assert!(request_through(id));
+        assert_eq!(requests_through(id), 2);
+        assert_eq!(requests_through(id), 2);
         let text = exposition(&registry);
-        assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 2"#));
+        assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 4"#));
         drop(registry);
-        assert!(!request_through(id));
+        assert_eq!(requests_through(id), 0);
     }
 
     #[test]
