@@ -7,8 +7,9 @@
 //! layer from axum's own per-layer boxing. `axum_added` measures the router difference directly,
 //! alternating the two routers block by block within each sample (the time reported is with
 //! minus without). `axum_noop_layer` and `axum_floor_layer` are what axum charges for any layer
-//! and the least any recording layer costs. The `two_threads` group drives one router from two
-//! threads at once.
+//! and the least any recording layer costs; `axum_layer_outside` is the layer around the whole
+//! router, given the route by a function (a reference without axum's per-layer cost). The
+//! `two_threads` group drives one router from two threads at once.
 
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
@@ -160,6 +161,17 @@ fn overhead(c: &mut Criterion) {
             }
         })
     });
+    // The layer wrapped around the whole router, given the route by a function: what it costs
+    // without axum's per-layer boxing. Not a way to use it (outside the router there is no
+    // `MatchedPath`), a reference.
+    let outside = ObserveLayer::new("bench").with_route_fn(|_| Some("/users/{id}"));
+    bench(
+        &mut group,
+        &rt,
+        "axum_layer_outside",
+        tower::Layer::layer(&outside, served(router())),
+        AxumRequest,
+    );
     // What axum charges for any `Router::layer`, to tell it apart from the layer's own cost.
     bench(
         &mut group,
