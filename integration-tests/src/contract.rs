@@ -425,6 +425,30 @@ pub async fn check_in_flight_requests(base_url: &str, n: usize) {
     assert_eq!(requests(&s, "/slow", "GET", "200"), n as f64);
 }
 
+/// A client that gives up on a slow request: it sends `GET /slow?ms=1500` to the app at
+/// `base_url` (`http://ADDR`), waits 300 ms and closes its socket, as a client whose timeout
+/// fired does. Checks that the request is recorded once, as `499` (nobody received the
+/// handler's 200), and that nothing stays in flight.
+pub async fn check_client_that_gives_up(base_url: &str) {
+    use tokio::io::AsyncWriteExt;
+
+    let addr = base_url.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("send the request");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A plain close (FIN), not a reset: what a client library does when its timeout fires.
+    drop(tcp);
+    let slow = |s: &[Sample], status| requests(s, "/slow", "GET", status);
+    let s = eventually(base_url, "the abandoned request is recorded", |s| {
+        active(s, "GET") == 0.0 && slow(s, "499") + slow(s, "200") >= 1.0
+    })
+    .await;
+    assert_eq!(slow(&s, "499"), 1.0, "recorded as 499");
+    assert_eq!(slow(&s, "200"), 0.0, "not as the response nobody received");
+}
+
 /// A client that never goes through a proxy: the tests talk to loopback.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -3,7 +3,9 @@
 //! `actix_bare` and `actix_observed` run the same actix `App` without and with the middleware,
 //! each request read to the end of its response body (where the record finishes). The
 //! difference of their medians is the overhead reported in `docs/performance.md`.
-//! `actix_observed_scope` routes through a nested scope; `actix_*_unmatched` is a 404.
+//! `actix_observed_scope` routes through a nested scope; `actix_*_unmatched` is a 404;
+//! `actix_*_waiting` has a handler that waits once (returns `Pending`) before it answers, as one
+//! that awaits I/O does: its response is where observe looks for a client that left.
 //! `actix_added*` measure that difference directly, alternating the two apps block by block
 //! within each sample (the time reported is with minus without). `actix_floor` is the least
 //! any recording middleware costs.
@@ -22,7 +24,14 @@ fn api(config: &mut web::ServiceConfig) {
     config
         .route("/users/{id}", web::get().to(|| async { "user" }))
         .service(web::scope("/api").route("/items/{id}", web::get().to(|| async { "item" })))
-        .route("/health", web::get().to(|| async { "ok" }));
+        .route("/health", web::get().to(|| async { "ok" }))
+        .route(
+            "/wait",
+            web::get().to(|| async {
+                actix_web::rt::task::yield_now().await;
+                "waited"
+            }),
+        );
 }
 
 /// A bodyless GET as actix's HTTP/1 decoder produces it (no payload, a parsed `Uri`).
@@ -80,6 +89,7 @@ fn overhead(c: &mut Criterion) {
         ("", "/users/42"),
         ("_scope", "/api/items/7"),
         ("_unmatched", "/nowhere"),
+        ("_waiting", "/wait"),
     ] {
         group.bench_function(format!("actix_bare{name}"), |b| {
             b.iter_custom(|iters| system.block_on(drive(&bare, iters, path)))

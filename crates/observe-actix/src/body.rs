@@ -5,7 +5,7 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
-use observe_core::{ByteTally, RequestRecord};
+use observe_core::{ByteTally, ResponseRecord};
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -17,18 +17,18 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        record: Option<RequestRecord>,
+        record: Option<ResponseRecord>,
     }
 }
 
 impl<B: MessageBody> ResponseBody<B> {
-    pub(crate) fn new(inner: B, mut record: Option<RequestRecord>) -> Self {
+    pub(crate) fn new(inner: B, mut record: Option<ResponseRecord>) -> Self {
         // actix never polls an empty body (`BodySize::None`, `Sized(0)`): the response is
         // complete as soon as it exists. A HEAD response sends no body bytes at all.
-        let bodiless = record.as_ref().is_some_and(RequestRecord::is_bodiless);
+        let bodiless = record.as_ref().is_some_and(ResponseRecord::is_bodiless);
         if bodiless || matches!(inner.size(), BodySize::None | BodySize::Sized(0)) {
-            if let Some(mut record) = record.take() {
-                record.complete();
+            if let Some(record) = record.take() {
+                record.finish();
             }
         }
         ResponseBody { inner, record }
@@ -49,15 +49,14 @@ impl<B: MessageBody> MessageBody for ResponseBody<B> {
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.project();
         let item = ready!(this.inner.poll_next(cx));
-        if let Some(record) = this.record {
-            match &item {
-                Some(Ok(chunk)) => record.add_response_bytes(chunk.len() as u64),
-                Some(Err(_)) => record.fail(),
-                None => record.complete(),
+        match &item {
+            Some(Ok(chunk)) => {
+                if let Some(record) = this.record {
+                    record.add_response_bytes(chunk.len() as u64);
+                }
             }
-            if record.is_recorded() {
-                *this.record = None;
-            }
+            Some(Err(_)) => this.record.take().map_or((), ResponseRecord::fail),
+            None => this.record.take().map_or((), ResponseRecord::finish),
         }
         Poll::Ready(item)
     }
@@ -70,7 +69,7 @@ impl<B: MessageBody> MessageBody for ResponseBody<B> {
             Ok(bytes) => {
                 if let Some(mut record) = record.take() {
                     record.add_response_bytes(bytes.len() as u64);
-                    record.complete();
+                    record.finish();
                 }
                 Ok(bytes)
             }

@@ -1,7 +1,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
@@ -10,6 +10,7 @@ use observe_core::RequestRecord;
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
+use crate::connection::{ClientSocket, CHECK_CLIENT_AFTER};
 use crate::route_cache::{RequestPath, RouteCache};
 
 pin_project! {
@@ -18,6 +19,8 @@ pin_project! {
     ///
     /// Dropped before it resolves (actix drops a connection's in-flight request when the
     /// socket fails), it records `499`; dropped while a handler panic unwinds through it, `500`.
+    /// A response that comes after its client closed the connection is recorded `499` too, with
+    /// [`on_connect`](crate::on_connect) installed.
     #[doc(hidden)]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -25,6 +28,8 @@ pin_project! {
         record: Option<RequestRecord>,
         routes: Rc<RouteCache>,
         path: Option<RequestPath>,
+        // The handler returned `Pending` at least once: only then can its client have given up.
+        waited: bool,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
@@ -52,6 +57,7 @@ impl<F> ResponseFuture<F> {
             record,
             routes,
             path,
+            waited: false,
         }
     }
 }
@@ -65,14 +71,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        let mut record = this.record.take();
+        let Poll::Ready(result) = this.inner.poll(cx) else {
+            *this.waited = true;
+            return Poll::Pending;
+        };
+        let record = this.record.take();
         Poll::Ready(match result {
             Ok(response) => {
-                if let Some(record) = &mut record {
+                let record = record.and_then(|mut record| {
                     record.set_route(this.routes.resolve(response.request()));
-                    record.responded(response.status().as_u16());
-                }
+                    let client_left = *this.waited
+                        && record.elapsed() >= CHECK_CLIENT_AFTER
+                        && ClientSocket::of(response.request()).is_some_and(|c| c.is_closed());
+                    // Dropped here, the record counts what the client got: nothing (499).
+                    (!client_left).then(|| record.respond(response.status().as_u16()))
+                });
                 Ok(response.map_body(|_, body| ResponseBody::new(body, record)))
             }
             Err(error) => {
@@ -81,8 +94,8 @@ where
                     // so the route comes from the path.
                     let path = this.path.as_ref().map_or("", RequestPath::as_str);
                     record.set_route(this.routes.resolve_path(path));
-                    record.responded(error.as_response_error().status_code().as_u16());
-                    record.complete();
+                    let status = error.as_response_error().status_code().as_u16();
+                    record.respond(status).finish();
                 }
                 Err(error)
             }

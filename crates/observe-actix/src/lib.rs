@@ -13,6 +13,7 @@
 //!             .configure(observe.routes()) // GET /metrics
 //!             .wrap(observe.clone())
 //!     })
+//!     .on_connect(observe_actix::on_connect) // a client that gave up is recorded as 499
 //!     .bind("127.0.0.1:3000")?
 //!     .run()
 //!     .await
@@ -29,9 +30,10 @@
 //!   it, under the pattern actix's resource map gives for the request path.
 //! * A handler panic is recorded as `500`. When actix drops a request because its connection
 //!   failed (the client reset it, or a write failed mid-body) the request is recorded as
-//!   `499`. actix-web lets a handler run on after the client half-closed its side (sent FIN)
-//!   and then writes the response to the socket: the kernel accepts such a write, so a
-//!   response that fits the socket buffer is recorded with its own status.
+//!   `499`. actix-web lets a handler run on after the client closed the connection and then
+//!   writes the response to the socket, which the kernel accepts: install [`on_connect`] with
+//!   `HttpServer::on_connect` and such a request is recorded as `499` too (without it, with the
+//!   handler's status).
 //! * Request body bytes are the bytes the handler read from the payload; a request without a
 //!   payload costs nothing extra, one with a payload two small allocations (the counter and
 //!   the boxed counting stream).
@@ -43,6 +45,7 @@
 //! factory: the clones share one set of series across all workers.
 
 mod body;
+mod connection;
 mod future;
 mod middleware;
 #[cfg(feature = "pprof")]
@@ -52,11 +55,12 @@ mod routes;
 mod service;
 
 pub use body::ResponseBody;
+pub use connection::on_connect;
 pub use future::ResponseFuture;
 pub use middleware::Observe;
 #[cfg(feature = "pprof")]
 pub use observe_core::profiling::{Access, AccessRequest, Pprof};
 pub use observe_core::{self as core, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
 #[cfg(feature = "pprof")]
-pub use pprof::{pprof_on_connect, pprof_routes, serve_pprof_on_loopback};
+pub use pprof::{pprof_routes, serve_pprof_on_loopback};
 pub use service::ObserveMiddleware;

@@ -1,12 +1,7 @@
 //! `/debug/pprof/*` for actix-web: mounts observe-core's [`Pprof`] (see `docs/pprof.md`).
 
-use std::any::Any;
-use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::rc::Rc;
-use std::time::Duration;
 
-use actix_web::dev::Extensions;
 use futures_util::future::{select, Either};
 
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -14,6 +9,7 @@ use actix_web::http::StatusCode;
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use observe_core::profiling::{AccessRequest, DebugResponse, Pprof, PprofRequest};
 
+use crate::connection::ClientSocket;
 use crate::middleware::Observe;
 
 impl Observe {
@@ -65,55 +61,6 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, pprof: Pprof) {
         );
 }
 
-/// A connection hook for `HttpServer::on_connect` that lets a CPU profile end early when its
-/// client disconnects.
-///
-/// actix-web keeps running a handler after the client closed its side of the connection, so
-/// without this hook an abandoned 60 s profile keeps the profiler busy (409 for others) for
-/// its full length. With it, the handler looks at the connection every 100 ms. It costs one
-/// `dup` of each accepted plain-TCP socket; TLS connections are not watched.
-///
-/// ```no_run
-/// use actix_web::{App, HttpServer};
-/// use observe_actix::Observe;
-///
-/// # fn run() -> std::io::Result<()> {
-/// let observe = Observe::new("checkout");
-/// let server = HttpServer::new(move || App::new().configure(observe.routes()).wrap(observe.clone()))
-///     .on_connect(observe_actix::pprof_on_connect)
-///     .bind("127.0.0.1:3000")?;
-/// # Ok(()) }
-/// ```
-pub fn pprof_on_connect(connection: &dyn Any, data: &mut Extensions) {
-    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        if let Ok(socket) = socket2::SockRef::from(tcp).try_clone() {
-            data.insert(ClientSocket(Rc::new(socket)));
-        }
-    }
-}
-
-/// A second handle on a request's connection, to notice the client leaving.
-#[derive(Clone)]
-struct ClientSocket(Rc<socket2::Socket>);
-
-impl ClientSocket {
-    /// Resolves once the peer has closed or reset the connection.
-    async fn closed(self) {
-        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-        loop {
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-            // The socket is non-blocking (tokio made it so): `Ok(0)` is the peer's FIN,
-            // `WouldBlock` an open and quiet connection, data a pipelined next request.
-            match self.0.peek(&mut byte) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-    }
-}
-
 /// Serves `pprof` on `127.0.0.1:port` (port 0: any free one) with a one-worker actix server
 /// of its own, apart from the application's public listener, and returns the bound address.
 /// Call it from within the actix runtime (e.g. in `#[actix_web::main]`).
@@ -159,7 +106,7 @@ async fn serve(pprof: Pprof, req: HttpRequest) -> HttpResponse {
     // Dropped with this future (actix drops the request), or when the client leaves: the
     // profile stops early.
     let cancel = job.cancel_on_drop();
-    let socket = req.conn_data::<ClientSocket>().cloned();
+    let socket = ClientSocket::of(&req);
     let work = web::block(move || job.run());
     let answer = match socket {
         Some(socket) => match select(Box::pin(work), Box::pin(socket.closed())).await {

@@ -78,10 +78,11 @@ impl RouteCache {
     #[inline]
     pub(crate) fn resolve(&self, req: &HttpRequest) -> RouteId {
         let info = req.match_info();
-        // A matched resource consumes the whole path; anything left means no resource (or
-        // only a scope) matched: the default service answered.
+        // A matched resource consumes the whole path. Anything left is either a service
+        // mounted on a prefix (actix-files' `Files::new("/static", ..)`: `match_pattern()` names
+        // it) or no resource matched: the default service answered.
         if !info.unprocessed().is_empty() {
-            return RouteId::UNMATCHED;
+            return self.resolve_partial(req, info);
         }
         let Some(shape) = self.shape(info) else {
             return self.metrics.route(req.match_pattern().as_deref());
@@ -90,6 +91,18 @@ impl RouteCache {
             return *route;
         }
         self.learn(shape, req)
+    }
+
+    /// A request whose path was not consumed to its end. When nothing consumed any of it (a
+    /// 404 at the app's root: scanners, typos), it matched nothing, with no allocation;
+    /// otherwise actix's resource map tells a prefix service (`/static`) from a scope's
+    /// default service (`None`). Allocates the pattern: static files read a disk anyway.
+    #[cold]
+    fn resolve_partial(&self, req: &HttpRequest, info: &Path<Url>) -> RouteId {
+        if info.unprocessed().len() == info.as_str().len() {
+            return RouteId::UNMATCHED;
+        }
+        self.metrics.route(req.match_pattern().as_deref())
     }
 
     #[cold]

@@ -90,6 +90,11 @@ fn api(config: &mut web::ServiceConfig) {
         ))
         .service(web::resource("/ignore-body").route(web::post().to(|| async { "ignored" })))
         .service(web::resource("/healthz").route(get().to(|| async { "ok" })))
+        // A service mounted on a prefix: its label is the prefix.
+        .service(actix_files::Files::new(
+            "/static",
+            env!("CARGO_MANIFEST_DIR"),
+        ))
         .service(web::resource("/jobs/{id}").route(get().to(|| async { "job" })))
         // Inner services that return `Err` instead of a response: actix answers with the
         // error's status.
@@ -140,6 +145,7 @@ fn serve(observe: Observe) -> Server {
             })
             .workers(2)
             .disable_signals()
+            .on_connect(observe_actix::on_connect)
             .bind("127.0.0.1:0")
             .expect("bind a loopback port");
             let addr = server.addrs()[0];
@@ -207,6 +213,34 @@ async fn resources_of_the_same_shape_keep_their_own_patterns() {
     contract::run_cases(&server.base_url, "shapes", &[case]).await;
 }
 
+#[tokio::test]
+async fn a_service_mounted_on_a_prefix_is_labelled_with_the_prefix() {
+    let server = start("prefix");
+    let prefix = |status, count| Series {
+        route: "/static",
+        method: "GET",
+        status,
+        count,
+    };
+    let unmatched = |count| Series {
+        route: "unmatched",
+        method: "GET",
+        status: 404,
+        count,
+    };
+    let case = Case {
+        name: "actix-files under /static is /static, not unmatched; 404s stay unmatched",
+        requests: vec![
+            Request::new("GET", "/static/Cargo.toml", 200).times(2),
+            Request::new("GET", "/static/no-such-file", 404),
+            Request::new("GET", "/nowhere", 404),
+            Request::new("GET", "/api/nowhere", 404),
+        ],
+        series: vec![prefix(200, 2), prefix(404, 1), unmatched(2)],
+    };
+    contract::run_cases(&server.base_url, "prefix", &[case]).await;
+}
+
 async fn raw_request(server: &Server, path: &str) -> TcpStream {
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
@@ -231,6 +265,12 @@ async fn a_client_gone_before_the_response_is_499() {
     .await;
     assert_eq!(requests(&s, "/slow", "GET", "499"), 1.0);
     assert_eq!(requests(&s, "/slow", "GET", "200"), 0.0);
+}
+
+#[tokio::test]
+async fn a_client_whose_timeout_fired_is_499() {
+    let server = start("gave-up");
+    contract::check_client_that_gives_up(&server.base_url).await;
 }
 
 #[tokio::test]

@@ -22,9 +22,8 @@ fn http_metrics_with(label_sets: usize) -> HttpMetrics {
         .unwrap();
     for i in 0..label_sets {
         let route = metrics.route(Some(&format!("/route/{i}/{{id}}")));
-        let mut record = metrics.start("GET", route).unwrap();
-        record.responded(200);
-        record.complete();
+        let record = metrics.start("GET", route).unwrap();
+        record.respond(200).finish();
     }
     metrics
 }

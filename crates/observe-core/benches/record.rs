@@ -15,10 +15,10 @@ fn record(c: &mut Criterion) {
     c.bench_function("record_cached_route", |b| {
         b.iter(|| {
             let route = metrics.route(Some("/users/{id}"));
-            let mut record = metrics.start("GET", route).unwrap();
-            record.responded(200);
-            record.add_response_bytes(7);
-            record.complete();
+            let record = metrics.start("GET", route).unwrap();
+            let mut response = record.respond(200);
+            response.add_response_bytes(7);
+            response.finish();
         })
     });
     let metrics = HttpMetrics::builder("bench")
@@ -28,9 +28,8 @@ fn record(c: &mut Criterion) {
     c.bench_function("record_cached_route_no_sizes", |b| {
         b.iter(|| {
             let route = metrics.route(Some("/users/{id}"));
-            let mut record = metrics.start("GET", route).unwrap();
-            record.responded(200);
-            record.complete();
+            let record = metrics.start("GET", route).unwrap();
+            record.respond(200).finish();
         })
     });
     let route = metrics.route(Some("/users/{id}"));
@@ -39,9 +38,8 @@ fn record(c: &mut Criterion) {
     });
     c.bench_function("record_known_route_id", |b| {
         b.iter(|| {
-            let mut record = metrics.start("GET", route).unwrap();
-            record.responded(200);
-            record.complete();
+            let record = metrics.start("GET", route).unwrap();
+            record.respond(200).finish();
         })
     });
     // Two threads recording the same series at once, as two busy workers on one hot route:
@@ -55,10 +53,10 @@ fn record(c: &mut Criterion) {
                 let start = std::time::Instant::now();
                 for _ in 0..iters {
                     let route = metrics.route(Some("/users/{id}"));
-                    let mut record = metrics.start("GET", route).unwrap();
-                    record.responded(200);
-                    record.add_response_bytes(7);
-                    record.complete();
+                    let record = metrics.start("GET", route).unwrap();
+                    let mut response = record.respond(200);
+                    response.add_response_bytes(7);
+                    response.finish();
                 }
                 start.elapsed()
             };

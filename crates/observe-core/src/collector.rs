@@ -100,7 +100,7 @@ impl HttpCollector {
 fn histogram(snapshot: &HistogramSnapshot, bounds: &Bounds) -> proto::Histogram {
     let mut h = proto::Histogram::default();
     h.set_sample_count(snapshot.count);
-    h.set_sample_sum(snapshot.sum as f64 / bounds.units_per_exposed);
+    h.set_sample_sum(snapshot.sum / bounds.units_per_exposed);
     let buckets = bounds
         .exposed()
         .iter()
@@ -123,17 +123,24 @@ impl Collector for HttpCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let state = &self.state;
-        let routes = state.routes.names();
         let mut durations = Vec::new();
         let mut counts = Vec::new();
         let mut request_sizes = Vec::new();
         let mut response_sizes = Vec::new();
         {
             let series = read(&state.series);
+            // Names after the series: a route is named before any series of it exists, so
+            // every series in this map has its name in this copy. (Copied before the lock, a
+            // route interned in between had none: `http_route=""`, duplicate samples.)
+            let routes = state.routes.names();
             for (key, s) in series.iter() {
+                let Some(route) = routes.get(key.route()) else {
+                    debug_assert!(false, "series of an unnamed route {}", key.route());
+                    continue;
+                };
                 let status = key.status().to_string();
                 let labels = self.labels(&[
-                    (ROUTE, routes.get(key.route()).map_or("", |r| r.as_ref())),
+                    (ROUTE, &**route),
                     (METHOD, key.method().as_str()),
                     (STATUS, &status),
                 ]);

@@ -48,17 +48,18 @@ impl Bounds {
     }
 
     /// Records `value` into `cells`, one histogram's cells in `shard`'s copy: the buckets,
-    /// stored non-cumulatively (the last is `+Inf`), then the sum. Two additions to the
-    /// recording thread's own copy, no lock-prefixed instruction. The count is the sum of the
-    /// buckets, so count and buckets are always consistent in an exposition; the sum may lag
-    /// by observations in flight.
+    /// stored non-cumulatively (the last is `+Inf`), then the sum, a float so that it never
+    /// wraps (a `u64` of nanoseconds wraps after 584 years of requests in flight: 21 days at
+    /// 10,000 concurrent streams). Two additions to the recording thread's own copy, no
+    /// lock-prefixed instruction. The count is the sum of the buckets, so count and buckets are
+    /// always consistent in an exposition; the sum may lag by observations in flight.
     #[inline]
     pub(crate) fn observe(&self, cells: &[AtomicU64], shard: Shard, value: u64) {
         if let [buckets @ .., sum] = cells {
             if let Some(bucket) = buckets.get(self.bucket_of(value)) {
                 shard.add(bucket, 1);
             }
-            shard.add(sum, value);
+            shard.add_f64(sum, value as f64);
         }
     }
 }
@@ -68,7 +69,8 @@ impl Bounds {
 pub(crate) struct HistogramSnapshot {
     pub(crate) cumulative: Vec<u64>,
     pub(crate) count: u64,
-    pub(crate) sum: u64,
+    /// In counting units (nanoseconds, bytes).
+    pub(crate) sum: f64,
 }
 
 impl HistogramSnapshot {
@@ -81,7 +83,9 @@ impl HistogramSnapshot {
         for (total, bucket) in self.cumulative.iter_mut().zip(buckets) {
             *total += bucket.load(Ordering::Relaxed);
         }
-        self.sum = self.sum.wrapping_add(sum.load(Ordering::Relaxed));
+        // Shards in a fixed order: a sum of non-decreasing floats in a fixed order never
+        // decreases either (rounding is monotonic).
+        self.sum += f64::from_bits(sum.load(Ordering::Relaxed));
     }
 
     /// Turns the per-bucket totals into the exposition's cumulative counts and count.
@@ -131,6 +135,22 @@ mod tests {
         let s = s.finish();
         assert_eq!(s.cumulative, vec![2, 3, 5]);
         assert_eq!(s.count, 5);
-        assert_eq!(s.sum, 5561);
+        assert_eq!(s.sum, 5561.0);
+    }
+
+    #[test]
+    fn a_sum_past_u64_keeps_growing() {
+        let bounds = Bounds::new(&[1.0], 1e9);
+        let cells: Vec<_> = (0..bounds.cells()).map(|_| AtomicU64::new(0)).collect();
+        let mut last = 0.0;
+        // 2^62 ns (146 years) at a time: four of them wrap a u64.
+        for _ in 0..8 {
+            bounds.observe(&cells, Shard::current(), 1 << 62);
+            let mut s = HistogramSnapshot::default();
+            s.add(&cells);
+            assert!(s.sum > last, "{} after {last}", s.sum);
+            last = s.sum;
+        }
+        assert_eq!(last, 8.0 * (1u64 << 62) as f64);
     }
 }

@@ -4,23 +4,24 @@
 //!
 //! * the metric families of the contract in `docs/metrics.md` ([`HttpMetrics`]),
 //! * the label policy: route templates, `unmatched`, `_OTHER` methods ([`RouteId`], [`MethodLabel`]),
-//! * the per-request guard that records a request exactly once ([`RequestRecord`]),
+//! * the per-request guard that records a request exactly once ([`RequestRecord`], then
+//!   [`ResponseRecord`]: every ending takes the record by value),
 //! * `/metrics` encoding with content negotiation ([`MetricsEncoder`]),
 //! * configuration ([`ObserveBuilder`]),
 //! * with the `pprof` feature, `/debug/pprof/*` for every adapter (`profiling`).
 //!
 //! It has no tower, axum or actix types: adapters translate their framework's request and
-//! response into the few calls of [`RequestRecord`].
+//! response into the few calls of [`RequestRecord`] and [`ResponseRecord`].
 //!
 //! ```
 //! use observe_core::{HttpMetrics, MetricsEncoder};
 //!
 //! let metrics = HttpMetrics::new("checkout");
 //! let route = metrics.route(Some("/users/{id}"));
-//! let mut record = metrics.start("GET", route).expect("route is not excluded");
-//! record.responded(200);
-//! record.add_response_bytes(42);
-//! record.complete();
+//! let record = metrics.start("GET", route).expect("route is not excluded");
+//! let mut response = record.respond(200);
+//! response.add_response_bytes(42);
+//! response.finish();
 //!
 //! let out = MetricsEncoder::new(metrics.registry().clone()).encode(None).unwrap();
 //! let text = String::from_utf8(out.body).unwrap();
@@ -47,8 +48,10 @@ pub use config::{
 pub use encode::{EncodedMetrics, MetricsEncoder, TEXT_CONTENT_TYPE};
 pub use error::ObserveError;
 pub use labels::MethodLabel;
-pub use metrics::{HttpMetrics, MetricsId};
-pub use record::{ByteTally, RequestRecord, CLIENT_CLOSED_REQUEST, INTERNAL_SERVER_ERROR};
+pub use metrics::HttpMetrics;
+pub use record::{
+    ByteTally, RequestRecord, ResponseRecord, CLIENT_CLOSED_REQUEST, INTERNAL_SERVER_ERROR,
+};
 pub use routes::{RouteId, OVERFLOW_ROUTE, UNMATCHED_ROUTE};
 
 /// The `prometheus` crate this core is built on, re-exported so users register their own

@@ -16,18 +16,24 @@ use crate::shard::{Shard, SHARDS};
 
 /// One service's HTTP metric families, registered on a [`Registry`].
 ///
-/// Cheap to clone (an `Arc`); every clone records into the same series. Framework adapters
-/// hold one and call [`route`](Self::route) and [`start`](Self::start) per request.
+/// Cheap to clone (one `Arc`); every clone records into the same series. Framework adapters
+/// hold one and call [`route`](Self::route) and [`start`](Self::start) per request. A request
+/// in flight holds the series it records into, so it is recorded even if it outlives every
+/// handle (a streaming body after a graceful shutdown), and nothing outlives the last request
+/// and handle.
 #[derive(Debug, Clone)]
-pub struct HttpMetrics {
-    pub(crate) state: Arc<State>,
+pub struct HttpMetrics(Arc<Handle>);
+
+#[derive(Debug)]
+struct Handle {
+    state: Arc<State>,
     registry: Registry,
 }
 
 /// What requests write into and `/metrics` reads from.
 #[derive(Debug)]
 pub(crate) struct State {
-    /// Never reused, so per-thread caches can key on it.
+    /// Never reused, so the per-thread series cache can key on it.
     pub(crate) id: u64,
     pub(crate) service: String,
     pub(crate) const_labels: Vec<(String, String)>,
@@ -142,7 +148,7 @@ impl HttpMetrics {
             None => (Registry::new(), true),
         };
         let state = Arc::new(State {
-            id: crate::cache::new_state_id(),
+            id: crate::cache::new_table_id(),
             const_labels: config.const_labels.into_iter().collect(),
             routes: RouteTable::new(&config.excluded_routes, config.max_routes),
             series: RwLock::new(HashMap::default()),
@@ -153,29 +159,34 @@ impl HttpMetrics {
             requests: Box::default(),
             service: config.service,
         });
-        crate::cache::register_state(&state);
         let collector = HttpCollector::new(state.clone())?;
         registry
             .register(Box::new(collector))
             .map_err(ObserveError::Registration)?;
         register_process_metrics(&registry, fresh)?;
-        Ok(HttpMetrics { state, registry })
+        Ok(HttpMetrics(Arc::new(Handle { state, registry })))
+    }
+
+    #[inline]
+    pub(crate) fn state(&self) -> &Arc<State> {
+        &self.0.state
     }
 
     /// The registry these metrics live on; `/metrics` serves all of it.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.0.registry
     }
 
     /// The `service` label value.
     pub fn service(&self) -> &str {
-        &self.state.service
+        &self.state().service
     }
 
-    /// Resolves a framework's route template (`None`: nothing matched) to its label.
+    /// Resolves a framework's route template (`None`: nothing matched) to its label, for
+    /// [`start`](Self::start) or [`RequestRecord::set_route`].
     #[inline]
     pub fn route(&self, template: Option<&str>) -> RouteId {
-        self.state.routes.resolve(template)
+        self.state().routes.resolve(template)
     }
 
     /// Whether a raw request path equals one of the excluded templates (`/metrics` by
@@ -190,72 +201,28 @@ impl HttpMetrics {
     /// ```
     #[inline]
     pub fn is_excluded_path(&self, path: &str) -> bool {
-        self.state.routes.is_excluded_path(path)
+        self.state().routes.is_excluded_path(path)
     }
 
-    /// Starts recording a request; `None` when its route is excluded.
+    /// Starts recording a request (the clock starts now, and the request counts in
+    /// `http_server_active_requests`); `None` when its route is excluded.
     ///
-    /// `route` may be [`RouteId::UNMATCHED`] when the framework only knows it later (actix);
-    /// call [`RequestRecord::set_route`] then.
+    /// `route` comes from [`route`](Self::route); it may be [`RouteId::UNMATCHED`] when the
+    /// framework only knows it later (actix): call [`RequestRecord::set_route`] then.
     #[inline]
     pub fn start(&self, method: &str, route: RouteId) -> Option<RequestRecord> {
         let method = MethodLabel::from_method(method);
-        self.state
+        let state = self.state();
+        state
             .count_start(method, route)
-            .then(|| RequestRecord::new(self.state.id, method, route))
-    }
-
-    /// A `Copy` handle on these metrics for services that are cloned for every request.
-    pub fn id(&self) -> MetricsId {
-        MetricsId(self.state.id)
+            .then(|| RequestRecord::new(state.clone(), method, route))
     }
 
     /// Current `http_server_active_requests` for one method.
     pub fn active_requests(&self, method: &str) -> i64 {
-        self.state
+        self.state()
             .active_requests(MethodLabel::from_method(method))
             .unwrap_or(0)
-    }
-}
-
-/// A `Copy` handle on [`HttpMetrics`] that holds no reference count, for services cloned for
-/// every request (axum clones a layered route per request): copying it writes no memory that
-/// other threads share.
-///
-/// It records while the metrics live, that is while a [`HttpMetrics`] handle or the registry
-/// they are registered on does. Once both are gone nobody can read what a request would add,
-/// and nothing is recorded.
-///
-/// ```
-/// use observe_core::{HttpMetrics, MethodLabel};
-///
-/// let metrics = HttpMetrics::new("svc");
-/// let id = metrics.id();
-/// let mut record = id.start(MethodLabel::from_method("GET"), Some("/users/{id}")).unwrap();
-/// record.responded(200);
-/// record.complete();
-/// assert_eq!(metrics.active_requests("GET"), 0);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsId(u64);
-
-impl MetricsId {
-    /// [`HttpMetrics::route`] and [`HttpMetrics::start`] in one: starts recording a request to
-    /// `template` (`None`: nothing matched). `None` when the route is excluded or the metrics
-    /// are gone.
-    #[inline]
-    pub fn start(self, method: MethodLabel, template: Option<&str>) -> Option<RequestRecord> {
-        let route = crate::cache::with_state(self.0, |state| {
-            let route = state.routes.resolve(template);
-            state.count_start(method, route).then_some(route)
-        })??;
-        Some(RequestRecord::new(self.0, method, route))
-    }
-}
-
-impl Drop for State {
-    fn drop(&mut self) {
-        crate::cache::forget_state(self.id);
     }
 }
 
@@ -274,23 +241,27 @@ impl State {
 
     /// Requests of `method` in flight; `None` if none ever started.
     pub(crate) fn active_requests(&self, method: MethodLabel) -> Option<i64> {
-        let total = |counter: fn(&MethodCounters) -> &[AtomicU64; MethodLabel::COUNT]| {
+        let total = |counter: fn(&MethodCounters) -> &[AtomicU64; MethodLabel::COUNT],
+                     order: Ordering| {
             self.requests
                 .iter()
-                .map(|shard| counter(shard)[method.index()].load(Ordering::Relaxed))
+                .map(|shard| counter(shard)[method.index()].load(order))
                 .fold(0u64, u64::wrapping_add)
         };
-        // Finished first: every request counted finished by then was counted started before,
-        // so the difference is never negative.
-        let finished = total(|c| &c.finished);
-        let started = total(|c| &c.started);
-        (started > 0).then(|| started.saturating_sub(finished).min(i64::MAX as u64) as i64)
+        // Finished first, with acquire: a request's end is counted (release) after its start,
+        // so every start of a request counted finished here is seen below, and the difference
+        // is never negative. Each request is finished exactly once (the record's types see to
+        // it), so it is exact once nothing is in flight.
+        let finished = total(|c| &c.finished, Ordering::Acquire);
+        let started = total(|c| &c.started, Ordering::Relaxed);
+        (started > 0).then(|| started.wrapping_sub(finished) as i64)
     }
 
     /// A request ends: it leaves the gauge and, unless its route is excluded, is observed.
     pub(crate) fn finish(&self, method: MethodLabel, o: Option<Observation>) {
         let shard = Shard::current();
-        shard.add(&self.requests[shard.index()].finished[method.index()], 1);
+        let finished = &self.requests[shard.index()].finished[method.index()];
+        shard.add_ordered(finished, 1, Ordering::Release);
         let Some(o) = o else { return };
         let nanos = o.started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         crate::cache::with_series(

@@ -96,14 +96,33 @@ impl Shard {
     /// Adds `n` to this shard's copy of a counter.
     #[inline]
     pub(crate) fn add(self, cell: &AtomicU64, n: u64) {
+        self.add_ordered(cell, n, Ordering::Relaxed);
+    }
+
+    /// [`add`](Self::add) with `order` for the write: `Release` publishes everything this
+    /// thread did before (a request's start, wherever it was counted) to a reader that loads
+    /// the cell with `Acquire`.
+    #[inline]
+    pub(crate) fn add_ordered(self, cell: &AtomicU64, n: u64, order: Ordering) {
         if self.0 == SHARED {
-            cell.fetch_add(n, Ordering::Relaxed);
+            cell.fetch_add(n, order);
         } else {
             // The only writer of this copy: no read-modify-write instruction needed.
-            cell.store(
-                cell.load(Ordering::Relaxed).wrapping_add(n),
-                Ordering::Relaxed,
-            );
+            cell.store(cell.load(Ordering::Relaxed).wrapping_add(n), order);
+        }
+    }
+
+    /// Adds `x` (finite, not negative) to this shard's copy of a float held as its bits. A float
+    /// sum only grows; an integer one would wrap.
+    #[inline]
+    pub(crate) fn add_f64(self, cell: &AtomicU64, x: f64) {
+        let plus = |bits: u64| (f64::from_bits(bits) + x).to_bits();
+        if self.0 == SHARED {
+            let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some(plus(bits))
+            });
+        } else {
+            cell.store(plus(cell.load(Ordering::Relaxed)), Ordering::Relaxed);
         }
     }
 }

@@ -3,7 +3,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
-use observe_core::{ByteTally, RequestRecord};
+use observe_core::{ByteTally, RequestRecord, ResponseRecord};
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -15,18 +15,18 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        record: Option<RequestRecord>,
+        record: Option<ResponseRecord>,
     }
 }
 
 impl<B: Body> ResponseBody<B> {
-    pub(crate) fn new(inner: B, mut record: Option<RequestRecord>) -> Self {
+    pub(crate) fn new(inner: B, mut record: Option<ResponseRecord>) -> Self {
         // Hyper never polls a body that is already at its end, nor the body of a HEAD, 204
         // or 304 response: the response is complete as soon as it exists.
-        let bodiless = record.as_ref().is_some_and(RequestRecord::is_bodiless);
+        let bodiless = record.as_ref().is_some_and(ResponseRecord::is_bodiless);
         if bodiless || inner.is_end_stream() {
-            if let Some(mut record) = record.take() {
-                record.complete();
+            if let Some(record) = record.take() {
+                record.finish();
             }
         }
         ResponseBody { inner, record }
@@ -43,22 +43,22 @@ impl<B: Body> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if let Some(record) = this.record {
-            match &frame {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        record.add_response_bytes(data.remaining() as u64);
-                    }
-                    if this.inner.is_end_stream() {
-                        record.complete();
+        let Some(record) = this.record.as_mut() else {
+            return Poll::Ready(frame);
+        };
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    record.add_response_bytes(data.remaining() as u64);
+                }
+                if this.inner.is_end_stream() {
+                    if let Some(record) = this.record.take() {
+                        record.finish();
                     }
                 }
-                Some(Err(_)) => record.fail(),
-                None => record.complete(),
             }
-            if record.is_recorded() {
-                *this.record = None;
-            }
+            Some(Err(_)) => this.record.take().map_or((), ResponseRecord::fail),
+            None => this.record.take().map_or((), ResponseRecord::finish),
         }
         Poll::Ready(frame)
     }

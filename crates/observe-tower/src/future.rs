@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::Response;
-use observe_core::RequestRecord;
+use observe_core::{HttpMetrics, RequestRecord};
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
@@ -18,12 +18,17 @@ pin_project! {
         #[pin]
         inner: F,
         record: Option<RequestRecord>,
-        slot: Option<RouteSlot>,
+        // A request axum had no template for: a nested layer may name it before it ends.
+        slot: Option<(RouteSlot, HttpMetrics)>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, record: Option<RequestRecord>, slot: Option<RouteSlot>) -> Self {
+    pub(crate) fn new(
+        inner: F,
+        record: Option<RequestRecord>,
+        slot: Option<(RouteSlot, HttpMetrics)>,
+    ) -> Self {
         ResponseFuture {
             inner,
             record,
@@ -43,20 +48,18 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let mut record = this.record.take();
-        if let (Some(record), Some(slot)) = (&mut record, this.slot.take()) {
+        if let (Some(record), Some((slot, metrics))) = (&mut record, this.slot.take()) {
             if let Some(template) = slot.template() {
-                record.set_template(template);
+                record.set_route(metrics.route(Some(template)));
             }
         }
         Poll::Ready(match result {
             Ok(response) => {
-                if let Some(record) = &mut record {
-                    record.responded(response.status().as_u16());
-                }
+                let record = record.map(|record| record.respond(response.status().as_u16()));
                 Ok(response.map(|body| ResponseBody::new(body, record)))
             }
             Err(error) => {
-                if let Some(mut record) = record {
+                if let Some(record) = record {
                     record.fail();
                 }
                 Err(error)

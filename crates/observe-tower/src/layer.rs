@@ -25,11 +25,6 @@ pub(crate) type RouteFn = dyn for<'a> Fn(&'a Parts) -> Option<&'a str> + Send + 
 /// # Ok::<(), observe_tower::ObserveError>(())
 /// ```
 ///
-/// The services it wraps hold no reference to the metrics (axum clones a layered route for
-/// every request, and a shared reference count would be written by every worker): they record
-/// while the metrics can be read, that is while `routes()`, the registry or a clone of the layer
-/// is alive. Mount `routes()` (or keep the registry you gave the builder) as a server does.
-///
 /// For a router mounted with `Router::nest_service`, the outer router does not know the
 /// inner template; layer the inner router with a clone of the same layer and the request is
 /// still recorded once, by the outer layer, under the full template.
@@ -101,7 +96,7 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
             inner,
-            metrics: self.metrics.id(),
+            metrics: self.metrics.clone(),
             route_fn: self.route_fn.clone(),
         }
     }

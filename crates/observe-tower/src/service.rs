@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use observe_core::{MethodLabel, MetricsId, RequestRecord};
+use observe_core::{HttpMetrics, RequestRecord};
 use tower_service::Service;
 
 use crate::body::{count_request_body, ResponseBody};
@@ -10,13 +10,10 @@ use crate::future::ResponseFuture;
 use crate::layer::RouteFn;
 
 /// The service [`ObserveLayer`](crate::ObserveLayer) wraps around an inner service.
-///
-/// axum clones it for every request, so it holds no reference count: its metrics are found by
-/// id (see [`MetricsId`]).
 #[derive(Clone)]
 pub struct Observe<S> {
     pub(crate) inner: S,
-    pub(crate) metrics: MetricsId,
+    pub(crate) metrics: HttpMetrics,
     pub(crate) route_fn: Option<Arc<RouteFn>>,
 }
 
@@ -24,7 +21,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Observe<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Observe")
             .field("inner", &self.inner)
-            .field("metrics", &self.metrics)
+            .field("service", &self.metrics.service())
             .field("route_fn", &self.route_fn.is_some())
             .finish()
     }
@@ -46,21 +43,25 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let method = MethodLabel::from_method(req.method().as_str());
+        let metrics = &self.metrics;
         let mut slot = None;
         let mut record: Option<RequestRecord> = match &self.route_fn {
             Some(route_fn) => {
                 let (parts, body) = req.into_parts();
-                let record = self.metrics.start(method, route_fn(&parts));
+                let route = metrics.route(route_fn(&parts));
+                let record = metrics.start(parts.method.as_str(), route);
                 req = Request::from_parts(parts, body);
                 record
             }
             None => match nested::lookup(req.extensions()) {
-                nested::Lookup::Template(template) => self.metrics.start(method, template),
+                nested::Lookup::Template(template) => {
+                    metrics.start(req.method().as_str(), metrics.route(template))
+                }
                 nested::Lookup::ObservedOutside => None,
                 nested::Lookup::Unknown => {
-                    slot = Some(nested::RouteSlot::wait(req.extensions_mut()));
-                    self.metrics.start(method, None)
+                    let waiting = nested::RouteSlot::wait(req.extensions_mut());
+                    slot = Some((waiting, metrics.clone()));
+                    metrics.start(req.method().as_str(), observe_core::RouteId::UNMATCHED)
                 }
             },
         };

@@ -189,6 +189,87 @@ async fn a_client_gone_before_the_response_is_499() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_timeout_fired_is_499() {
+    let (_observe, addr) = start().await;
+    contract::check_client_that_gives_up(&base(addr)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_named_while_metrics_are_scraped_are_always_exposed_with_their_name() {
+    // Every path its own route (a route function), thousands of them named over real
+    // connections while others scrape `/metrics` over and over.
+    const ROUTES: usize = 2_000;
+    let observe = ObserveLayer::builder("routes")
+        .max_routes(ROUTES)
+        .unwrap()
+        .build()
+        .unwrap()
+        .with_route_fn(|parts| Some(parts.uri.path()));
+    let app = Router::new()
+        .fallback(|| async { "ok" })
+        .merge(observe.routes())
+        .layer(observe.clone());
+    let addr = serve(app).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scrapers: Vec<_> = (0..2)
+        .map(|_| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut scrapes = 0;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let text = client()
+                        .get(format!("http://{addr}/metrics"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+                    let names: std::collections::HashSet<&str> = samples
+                        .iter()
+                        .filter_map(|l| l.rsplit_once(' '))
+                        .map(|(n, _)| n)
+                        .collect();
+                    assert_eq!(names.len(), samples.len(), "a duplicate sample in a scrape");
+                    assert!(
+                        !text.contains(r#"http_route="""#),
+                        "a series without its route"
+                    );
+                    scrapes += 1;
+                }
+                scrapes
+            })
+        })
+        .collect();
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            tokio::spawn(async move {
+                let client = client();
+                for i in (sender..ROUTES).step_by(4) {
+                    let res = client
+                        .get(format!("http://{addr}/route/{i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 200);
+                    res.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    for scraper in scrapers {
+        assert!(scraper.await.unwrap() > 0);
+    }
+    let s = scrape(&base(addr)).await;
+    assert_eq!(sum(&s, "http_server_requests_total", &[]), ROUTES as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_500() {
     let (observe, addr) = start().await;
     // The panic takes the connection down: the client sees an error, not a response.

@@ -143,8 +143,9 @@ async fn main() {
             .wrap(observe.clone())
     })
     .workers(2)
-    // Lets a CPU profile stop when its client disconnects (actix runs handlers on otherwise).
-    .on_connect(observe_actix::pprof_on_connect)
+    // Records a client that left before its response as 499, and lets a CPU profile stop when
+    // its client disconnects (actix runs handlers on otherwise).
+    .on_connect(observe_actix::on_connect)
     .bind(addr);
     let server = match server {
         Ok(server) => server,
