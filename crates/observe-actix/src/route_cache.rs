@@ -16,7 +16,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use actix_web::dev::{Path, ResourceMap, ServiceRequest, Url};
 use actix_web::http::Uri;
 use actix_web::HttpRequest;
-use observe_core::{HttpMetrics, RouteId};
+use observe_core::{HttpMetrics, MetricsId, RouteId};
 
 /// At most this many shapes are remembered per worker. Only fully routed requests are looked
 /// up, whose shapes are as many as the app's resources; the cap only guards against a shape
@@ -51,6 +51,8 @@ impl Hasher for ShapeHasher {
 /// that come back as an `Err`, the app's resource map.
 pub(crate) struct RouteCache {
     pub(crate) metrics: HttpMetrics,
+    /// What requests start with: no reference count per request.
+    pub(crate) id: MetricsId,
     seed: foldhash::fast::RandomState,
     shapes: RefCell<Shapes>,
     resource_map: OnceCell<ResourceMap>,
@@ -59,6 +61,7 @@ pub(crate) struct RouteCache {
 impl RouteCache {
     pub(crate) fn new(metrics: HttpMetrics) -> Self {
         RouteCache {
+            id: metrics.id(),
             metrics,
             seed: foldhash::fast::RandomState::default(),
             shapes: RefCell::new(Shapes::default()),
@@ -97,11 +100,16 @@ impl RouteCache {
     /// 404 at the app's root: scanners, typos), it matched nothing, with no allocation;
     /// otherwise actix's resource map tells a prefix service (`/static`) from a scope's
     /// default service (`None`). Allocates the pattern: static files read a disk anyway.
-    #[cold]
+    #[inline]
     fn resolve_partial(&self, req: &HttpRequest, info: &Path<Url>) -> RouteId {
         if info.unprocessed().len() == info.as_str().len() {
             return RouteId::UNMATCHED;
         }
+        self.prefix_route(req)
+    }
+
+    #[cold]
+    fn prefix_route(&self, req: &HttpRequest) -> RouteId {
         self.metrics.route(req.match_pattern().as_deref())
     }
 

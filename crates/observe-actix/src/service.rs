@@ -3,7 +3,6 @@ use std::rc::Rc;
 use actix_web::body::MessageBody;
 use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse};
 use actix_web::{Error, HttpMessage};
-use observe_core::RouteId;
 
 use crate::body::{RequestPayload, ResponseBody};
 use crate::future::ResponseFuture;
@@ -35,7 +34,7 @@ where
         let mut record = if metrics.is_excluded_path(req.path()) {
             None
         } else {
-            metrics.start(req.method().as_str(), RouteId::UNMATCHED)
+            self.routes.id.start(req.method().as_str(), None)
         };
         let mut path = None;
         if let Some(record) = &mut record {

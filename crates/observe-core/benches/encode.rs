@@ -21,8 +21,8 @@ fn http_metrics_with(label_sets: usize) -> HttpMetrics {
         .build()
         .unwrap();
     for i in 0..label_sets {
-        let route = metrics.route(Some(&format!("/route/{i}/{{id}}")));
-        let record = metrics.start("GET", route).unwrap();
+        let template = format!("/route/{i}/{{id}}");
+        let record = metrics.id().start("GET", Some(&template)).unwrap();
         record.respond(200).finish();
     }
     metrics

@@ -7,7 +7,7 @@ use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
 use crate::error::ObserveError;
 use crate::histogram::{Bounds, HistogramSnapshot};
 use crate::labels::{MethodLabel, METHOD, ROUTE, SERVICE, STATUS};
-use crate::metrics::{Histogram, State};
+use crate::metrics::{Histogram, Owner, State};
 use crate::routes::read;
 
 pub(crate) const DURATION: &str = "http_server_request_duration_seconds";
@@ -18,12 +18,14 @@ pub(crate) const RESPONSE_SIZE: &str = "http_server_response_body_size_bytes";
 
 /// Exposes one service's [`State`] to a `prometheus::Registry`.
 pub(crate) struct HttpCollector {
-    state: Arc<State>,
+    /// Keeps the metrics open while the registry holds this collector.
+    owner: Arc<Owner>,
     descs: Vec<Desc>,
 }
 
 impl HttpCollector {
-    pub(crate) fn new(state: Arc<State>) -> Result<Self, ObserveError> {
+    pub(crate) fn new(owner: Arc<Owner>) -> Result<Self, ObserveError> {
+        let state = &owner.state;
         let mut const_labels: HashMap<String, String> =
             state.const_labels.iter().cloned().collect();
         const_labels.insert(SERVICE.to_owned(), state.service.clone());
@@ -57,7 +59,11 @@ impl HttpCollector {
             })
             .collect::<Result<_, _>>()
             .map_err(ObserveError::Registration)?;
-        Ok(HttpCollector { state, descs })
+        Ok(HttpCollector { owner, descs })
+    }
+
+    fn state(&self) -> &State {
+        &self.owner.state
     }
 
     fn family(&self, name: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
@@ -77,11 +83,11 @@ impl HttpCollector {
     /// Label pairs sorted by name, as the text encoder expects them.
     fn labels(&self, variable: &[(&'static str, &str)]) -> Vec<LabelPair> {
         let mut pairs: Vec<(&str, &str)> = self
-            .state
+            .state()
             .const_labels
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain([(SERVICE, self.state.service.as_str())])
+            .chain([(SERVICE, self.state().service.as_str())])
             .chain(variable.iter().copied())
             .collect();
         pairs.sort_unstable_by_key(|(k, _)| *k);
@@ -122,7 +128,7 @@ impl Collector for HttpCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let state = &self.state;
+        let state = self.state();
         let mut durations = Vec::new();
         let mut counts = Vec::new();
         let mut request_sizes = Vec::new();

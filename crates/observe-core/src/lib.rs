@@ -17,8 +17,7 @@
 //! use observe_core::{HttpMetrics, MetricsEncoder};
 //!
 //! let metrics = HttpMetrics::new("checkout");
-//! let route = metrics.route(Some("/users/{id}"));
-//! let record = metrics.start("GET", route).expect("route is not excluded");
+//! let record = metrics.id().start("GET", Some("/users/{id}")).expect("route is not excluded");
 //! let mut response = record.respond(200);
 //! response.add_response_bytes(42);
 //! response.finish();
@@ -48,7 +47,7 @@ pub use config::{
 pub use encode::{EncodedMetrics, MetricsEncoder, TEXT_CONTENT_TYPE};
 pub use error::ObserveError;
 pub use labels::MethodLabel;
-pub use metrics::HttpMetrics;
+pub use metrics::{HttpMetrics, MetricsId};
 pub use record::{
     ByteTally, RequestRecord, ResponseRecord, CLIENT_CLOSED_REQUEST, INTERNAL_SERVER_ERROR,
 };

@@ -1,6 +1,6 @@
 use quanta::Instant;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus::Registry;
@@ -16,25 +16,40 @@ use crate::shard::{Shard, SHARDS};
 
 /// One service's HTTP metric families, registered on a [`Registry`].
 ///
-/// Cheap to clone (one `Arc`); every clone records into the same series. Framework adapters
-/// hold one and call [`route`](Self::route) and [`start`](Self::start) per request. A request
-/// in flight holds the series it records into, so it is recorded even if it outlives every
-/// handle (a streaming body after a graceful shutdown), and nothing outlives the last request
-/// and handle.
+/// Cheap to clone (an `Arc`); every clone records into the same series. Framework adapters
+/// hold one, or its `Copy` [`MetricsId`], and call [`MetricsId::start`] per request.
+///
+/// The metrics stay open while anything can read them: a handle, or the registry they are
+/// registered on (which `/metrics` serves). Once every handle and that registry are gone they
+/// close: requests still in flight end unrecorded, and each thread that recorded lets go of its
+/// cached copy at its next request (or when it exits).
 #[derive(Debug, Clone)]
-pub struct HttpMetrics(Arc<Handle>);
-
-#[derive(Debug)]
-struct Handle {
-    state: Arc<State>,
+pub struct HttpMetrics {
+    owner: Arc<Owner>,
     registry: Registry,
+}
+
+/// Held by every [`HttpMetrics`] handle and by the collector on the registry: its drop is the
+/// moment nobody can read the metrics any more.
+#[derive(Debug)]
+pub(crate) struct Owner {
+    pub(crate) state: Arc<State>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.state.closed.store(true, Ordering::Release);
+        crate::cache::close_state(self.state.id);
+    }
 }
 
 /// What requests write into and `/metrics` reads from.
 #[derive(Debug)]
 pub(crate) struct State {
-    /// Never reused, so the per-thread series cache can key on it.
+    /// Never reused, so per-thread caches can key on it.
     pub(crate) id: u64,
+    /// Nobody can read these metrics any more (see [`Owner`]).
+    pub(crate) closed: AtomicBool,
     pub(crate) service: String,
     pub(crate) const_labels: Vec<(String, String)>,
     pub(crate) routes: RouteTable,
@@ -148,7 +163,8 @@ impl HttpMetrics {
             None => (Registry::new(), true),
         };
         let state = Arc::new(State {
-            id: crate::cache::new_table_id(),
+            id: crate::cache::new_state_id(),
+            closed: AtomicBool::new(false),
             const_labels: config.const_labels.into_iter().collect(),
             routes: RouteTable::new(&config.excluded_routes, config.max_routes),
             series: RwLock::new(HashMap::default()),
@@ -159,22 +175,24 @@ impl HttpMetrics {
             requests: Box::default(),
             service: config.service,
         });
-        let collector = HttpCollector::new(state.clone())?;
+        crate::cache::open_state(&state);
+        let owner = Arc::new(Owner { state });
+        let collector = HttpCollector::new(owner.clone())?;
         registry
             .register(Box::new(collector))
             .map_err(ObserveError::Registration)?;
         register_process_metrics(&registry, fresh)?;
-        Ok(HttpMetrics(Arc::new(Handle { state, registry })))
+        Ok(HttpMetrics { owner, registry })
     }
 
     #[inline]
     pub(crate) fn state(&self) -> &Arc<State> {
-        &self.0.state
+        &self.owner.state
     }
 
     /// The registry these metrics live on; `/metrics` serves all of it.
     pub fn registry(&self) -> &Registry {
-        &self.0.registry
+        &self.registry
     }
 
     /// The `service` label value.
@@ -183,7 +201,7 @@ impl HttpMetrics {
     }
 
     /// Resolves a framework's route template (`None`: nothing matched) to its label, for
-    /// [`start`](Self::start) or [`RequestRecord::set_route`].
+    /// [`RequestRecord::set_route`].
     #[inline]
     pub fn route(&self, template: Option<&str>) -> RouteId {
         self.state().routes.resolve(template)
@@ -191,7 +209,7 @@ impl HttpMetrics {
 
     /// Whether a raw request path equals one of the excluded templates (`/metrics` by
     /// default). For adapters that only learn the template after the request started (actix):
-    /// a request to a literal excluded path can skip [`start`](Self::start) altogether and so
+    /// a request to a literal excluded path can skip [`MetricsId::start`] altogether and so
     /// never touch `http_server_active_requests`. Interns nothing, takes no lock.
     ///
     /// ```
@@ -204,18 +222,10 @@ impl HttpMetrics {
         self.state().routes.is_excluded_path(path)
     }
 
-    /// Starts recording a request (the clock starts now, and the request counts in
-    /// `http_server_active_requests`); `None` when its route is excluded.
-    ///
-    /// `route` comes from [`route`](Self::route); it may be [`RouteId::UNMATCHED`] when the
-    /// framework only knows it later (actix): call [`RequestRecord::set_route`] then.
+    /// The `Copy` handle requests and per-request services hold.
     #[inline]
-    pub fn start(&self, method: &str, route: RouteId) -> Option<RequestRecord> {
-        let method = MethodLabel::from_method(method);
-        let state = self.state();
-        state
-            .count_start(method, route)
-            .then(|| RequestRecord::new(state.clone(), method, route))
+    pub fn id(&self) -> MetricsId {
+        MetricsId(self.state().id)
     }
 
     /// Current `http_server_active_requests` for one method.
@@ -223,6 +233,55 @@ impl HttpMetrics {
         self.state()
             .active_requests(MethodLabel::from_method(method))
             .unwrap_or(0)
+    }
+}
+
+/// A `Copy` handle on [`HttpMetrics`], for what is created or cloned for every request: the
+/// service axum clones per request and the request record hold one instead of an `Arc`, so
+/// no worker writes a reference count that other workers share (measured in
+/// `docs/performance.md`: on two threads a shared count costs more than the whole record).
+///
+/// It finds the metrics in a per-thread cache. It records while they are open (see
+/// [`HttpMetrics`]), and does nothing once they are closed.
+///
+/// ```
+/// let metrics = observe_core::HttpMetrics::new("svc");
+/// let id = metrics.id();
+/// let record = id.start("GET", Some("/users/{id}")).unwrap();
+/// record.respond(200).finish();
+/// assert_eq!(metrics.active_requests("GET"), 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsId(u64);
+
+impl MetricsId {
+    /// Starts recording a request to `template` (the framework's route template; `None`:
+    /// nothing matched, or not known yet): the clock starts now, and the request counts in
+    /// `http_server_active_requests`. `None` when the route is excluded or the metrics are
+    /// closed.
+    ///
+    /// actix knows the route only after the request ran: start with `None` and call
+    /// [`RequestRecord::set_route`] then.
+    #[inline]
+    pub fn start(self, method: &str, template: Option<&str>) -> Option<RequestRecord> {
+        let method = MethodLabel::from_method(method);
+        let route = crate::cache::with_state(self.0, |state| {
+            let route = state.routes.resolve(template);
+            state.count_start(method, route).then_some(route)
+        })??;
+        Some(RequestRecord::new(self, method, route))
+    }
+
+    /// [`HttpMetrics::route`] through the id; [`RouteId::UNMATCHED`] once the metrics are
+    /// closed.
+    pub fn route(self, template: Option<&str>) -> RouteId {
+        crate::cache::with_state(self.0, |state| state.routes.resolve(template))
+            .unwrap_or(RouteId::UNMATCHED)
+    }
+
+    #[inline]
+    pub(crate) fn get(self) -> u64 {
+        self.0
     }
 }
 

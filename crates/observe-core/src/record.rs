@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::labels::MethodLabel;
-use crate::metrics::{Observation, SeriesKey, State};
+use crate::metrics::{MetricsId, Observation, SeriesKey};
 use crate::routes::RouteId;
 
 /// Status recorded for a client that went away before the response body was complete.
@@ -14,7 +14,7 @@ pub const INTERNAL_SERVER_ERROR: u16 = 500;
 /// A request in flight, before its response exists: the first half of the guard that records
 /// one request exactly once.
 ///
-/// Created by [`HttpMetrics::start`](crate::HttpMetrics::start). It ends in exactly one way,
+/// Created by [`MetricsId::start`]. It ends in exactly one way,
 /// and each way takes it by value, so a request can be recorded only once whatever an adapter
 /// calls:
 ///
@@ -28,7 +28,7 @@ pub const INTERNAL_SERVER_ERROR: u16 = 500;
 ///
 /// ```compile_fail
 /// let metrics = observe_core::HttpMetrics::new("svc");
-/// let record = metrics.start("GET", metrics.route(Some("/x"))).unwrap();
+/// let record = metrics.id().start("GET", Some("/x")).unwrap();
 /// record.fail();
 /// record.fail(); // `record` was moved: a second ending does not compile
 /// ```
@@ -46,7 +46,7 @@ pub struct RequestRecord {
 ///
 /// ```
 /// let metrics = observe_core::HttpMetrics::new("svc");
-/// let record = metrics.start("GET", metrics.route(Some("/x"))).unwrap();
+/// let record = metrics.id().start("GET", Some("/x")).unwrap();
 /// let mut response = record.respond(200);
 /// response.add_response_bytes(42);
 /// response.finish();
@@ -55,7 +55,7 @@ pub struct RequestRecord {
 ///
 /// ```compile_fail
 /// let metrics = observe_core::HttpMetrics::new("svc");
-/// let response = metrics.start("GET", metrics.route(Some("/x"))).unwrap().respond(200);
+/// let response = metrics.id().start("GET", Some("/x")).unwrap().respond(200);
 /// response.finish();
 /// response.fail(); // `response` was moved: a second ending does not compile
 /// ```
@@ -68,7 +68,8 @@ pub struct ResponseRecord {
 /// What both halves carry; recorded once, by [`Recording::record`] or on drop.
 #[derive(Debug)]
 struct Recording {
-    state: Arc<State>,
+    /// Found again when the request ends: a request in flight holds no reference count.
+    metrics: MetricsId,
     started: Instant,
     method: MethodLabel,
     route: RouteId,
@@ -99,10 +100,10 @@ impl ByteTally {
 impl RequestRecord {
     /// Starts the clock; the caller has counted the request in flight.
     #[inline]
-    pub(crate) fn new(state: Arc<State>, method: MethodLabel, route: RouteId) -> Self {
+    pub(crate) fn new(metrics: MetricsId, method: MethodLabel, route: RouteId) -> Self {
         RequestRecord {
             recording: Recording {
-                state,
+                metrics,
                 started: Instant::now(),
                 method,
                 route,
@@ -127,8 +128,8 @@ impl RequestRecord {
     }
 
     /// Sets the route once the framework knows it (actix matches after middleware runs), from
-    /// [`HttpMetrics::route`](crate::HttpMetrics::route). An excluded route leaves the request
-    /// unrecorded (it still leaves the in-flight gauge when it ends).
+    /// [`HttpMetrics::route`](crate::HttpMetrics::route) or [`MetricsId::route`]. An excluded
+    /// route leaves the request unrecorded (it still leaves the in-flight gauge when it ends).
     #[inline]
     pub fn set_route(&mut self, route: RouteId) {
         self.recording.route = route;
@@ -214,7 +215,10 @@ impl Recording {
                 + self.request_tally.as_ref().map_or(0, ByteTally::get),
             response_bytes: self.response_bytes,
         });
-        self.state.finish(self.method, observation);
+        // Closed metrics (nobody can read them any more) take nothing.
+        crate::cache::with_state(self.metrics.get(), |state| {
+            state.finish(self.method, observation)
+        });
     }
 }
 
@@ -234,7 +238,7 @@ impl Drop for Recording {
 
 #[cfg(test)]
 mod tests {
-    use crate::{HttpMetrics, RouteId};
+    use crate::HttpMetrics;
 
     /// What `/metrics` would serve for `registry`.
     fn exposition(registry: &prometheus::Registry) -> String {
@@ -268,7 +272,7 @@ mod tests {
     fn responses_without_a_body_on_the_wire_are_bodiless() {
         let metrics = HttpMetrics::new("t");
         let bodiless = |method: &str, status: u16| {
-            let record = metrics.start(method, RouteId::UNMATCHED).unwrap();
+            let record = metrics.id().start(method, None).unwrap();
             record.respond(status).is_bodiless()
         };
         assert!(bodiless("HEAD", 200));
@@ -305,7 +309,7 @@ mod tests {
                 for reversed in [false, true] {
                     let metrics = HttpMetrics::new("t");
                     let route = metrics.route(Some("/x"));
-                    let mut record = metrics.start("GET", RouteId::UNMATCHED).unwrap();
+                    let mut record = metrics.id().start("GET", None).unwrap();
                     assert_eq!(metrics.active_requests("GET"), 1);
                     let mut steps: Vec<u8> = (0..3).filter(|b| calls & (1 << b) != 0).collect();
                     if reversed {
@@ -347,8 +351,7 @@ mod tests {
     #[test]
     fn a_dropped_record_is_a_client_that_went_away_and_the_gauge_returns() {
         let metrics = HttpMetrics::new("t");
-        let route = metrics.route(Some("/x"));
-        let record = metrics.start("GET", route).unwrap();
+        let record = metrics.id().start("GET", Some("/x")).unwrap();
         assert_eq!(metrics.active_requests("GET"), 1);
         drop(record.respond(200));
         assert_eq!(metrics.active_requests("GET"), 0);
@@ -359,8 +362,7 @@ mod tests {
     #[test]
     fn a_record_dropped_while_a_panic_unwinds_is_a_server_error() {
         let metrics = HttpMetrics::new("t");
-        let route = metrics.route(Some("/x"));
-        let record = metrics.start("GET", route).unwrap();
+        let record = metrics.id().start("GET", Some("/x")).unwrap();
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let _record = record;
             panic!("handler panicked");
@@ -373,9 +375,8 @@ mod tests {
     #[test]
     fn a_request_started_on_one_thread_and_finished_on_another_is_counted_once() {
         let metrics = HttpMetrics::new("t");
-        let route = metrics.route(Some("/x"));
         let records: Vec<_> = (0..100)
-            .map(|_| metrics.start("GET", route).unwrap())
+            .map(|_| metrics.id().start("GET", Some("/x")).unwrap())
             .collect();
         assert_eq!(metrics.active_requests("GET"), 100);
         // Tokio moves tasks between workers: the end lands in another thread's shard.
@@ -393,33 +394,113 @@ mod tests {
             .contains(r#"http_server_active_requests{http_request_method="GET",service="t"} 0"#));
     }
 
-    #[test]
-    fn a_request_outliving_its_middleware_is_still_recorded() {
+    /// A `GET /x` answered 200 whose metrics are dropped before its body ends; the body then
+    /// ends on a thread that never met those metrics. Returns the registry if `keep_registry`.
+    fn end_after_the_metrics_are_dropped(keep_registry: bool) -> Option<prometheus::Registry> {
         let metrics = HttpMetrics::new("t");
-        let registry = metrics.registry().clone();
-        let record = metrics.start("GET", metrics.route(Some("/x"))).unwrap();
-        let response = record.respond(200);
+        let registry = keep_registry.then(|| metrics.registry().clone());
+        let response = metrics.id().start("GET", Some("/x")).unwrap().respond(200);
         drop(metrics);
         std::thread::spawn(move || response.finish())
             .join()
             .unwrap();
+        registry
+    }
+
+    #[test]
+    fn a_request_outliving_its_middleware_is_recorded_while_its_registry_is_readable() {
+        let registry = end_after_the_metrics_are_dropped(true).unwrap();
         let text = exposition(&registry);
         assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 1"#));
     }
 
     #[test]
-    fn metrics_nobody_holds_are_freed() {
-        let metrics = HttpMetrics::new("t");
-        let state = std::sync::Arc::downgrade(metrics.state());
-        metrics
-            .start("GET", metrics.route(Some("/x")))
-            .unwrap()
-            .respond(200)
-            .finish();
-        drop(metrics);
+    fn a_request_outliving_everything_that_could_read_it_ends_quietly() {
+        // Neither handle nor registry is left: the end finds the metrics closed.
+        assert!(end_after_the_metrics_are_dropped(false).is_none());
+    }
+
+    #[test]
+    fn closed_metrics_are_freed_by_every_thread_that_cached_them() {
+        // A long-lived thread (a worker) records, so it caches the state; the metrics close
+        // while it runs; its next request, for other metrics, lets go of them.
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+        let (weak_tx, weak_rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let metrics = HttpMetrics::new("closing");
+            metrics
+                .id()
+                .start("GET", Some("/x"))
+                .unwrap()
+                .respond(200)
+                .finish();
+            weak_tx
+                .send(std::sync::Arc::downgrade(metrics.state()))
+                .unwrap();
+            let id = metrics.id();
+            drop(metrics);
+            closed_rx.recv().unwrap();
+            // A request of the closed metrics, then of others: neither is recorded into them.
+            assert!(id.start("GET", Some("/x")).is_none());
+            let other = HttpMetrics::new("other");
+            other
+                .id()
+                .start("GET", Some("/y"))
+                .unwrap()
+                .respond(200)
+                .finish();
+        });
+        let weak = weak_rx.recv().unwrap();
         assert!(
-            state.upgrade().is_none(),
-            "a request or cache kept them alive"
+            weak.upgrade().is_some(),
+            "the worker's cache holds the state"
         );
+        closed_tx.send(()).unwrap();
+        worker.join().unwrap();
+        assert!(weak.upgrade().is_none(), "closed metrics are freed");
+    }
+
+    #[test]
+    fn a_metrics_id_records_while_its_registry_is_readable_and_then_nothing() {
+        let metrics = HttpMetrics::new("t");
+        let (id, registry) = (metrics.id(), metrics.registry().clone());
+        drop(metrics);
+        let two = |id: crate::MetricsId| {
+            std::thread::spawn(move || {
+                (0..2)
+                    .filter_map(|_| id.start("GET", Some("/x")))
+                    .map(|record| record.respond(200).finish())
+                    .count()
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(two(id), 2);
+        let text = exposition(&registry);
+        assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/x",service="t"} 2"#));
+        drop(registry);
+        assert_eq!(two(id), 0);
+    }
+
+    #[test]
+    fn many_metrics_alive_at_once_each_count_their_own_requests() {
+        // More than a thread caches: ids share cache slots and evict each other.
+        let all: Vec<_> = (0..20).map(|i| HttpMetrics::new(format!("s{i}"))).collect();
+        for round in 0..3 {
+            for (i, metrics) in all.iter().enumerate().filter(|(i, _)| i % 3 <= round) {
+                let record = metrics.id().start("GET", Some("/x")).unwrap();
+                record.respond(200 + i as u16).finish();
+            }
+        }
+        for (i, metrics) in all.iter().enumerate() {
+            let text = exposition(metrics.registry());
+            let expected = 3 - i % 3;
+            let line = format!(
+                r#"http_server_requests_total{{http_request_method="GET",http_response_status_code="{}",http_route="/x",service="s{i}"}} {expected}"#,
+                200 + i
+            );
+            assert!(text.contains(&line), "{line}\nnot in\n{text}");
+            assert_eq!(metrics.active_requests("GET"), 0);
+        }
     }
 }

@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::Response;
-use observe_core::{HttpMetrics, RequestRecord};
+use observe_core::{MetricsId, RequestRecord};
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
@@ -19,7 +19,7 @@ pin_project! {
         inner: F,
         record: Option<RequestRecord>,
         // A request axum had no template for: a nested layer may name it before it ends.
-        slot: Option<(RouteSlot, HttpMetrics)>,
+        slot: Option<(RouteSlot, MetricsId)>,
     }
 }
 
@@ -27,7 +27,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: F,
         record: Option<RequestRecord>,
-        slot: Option<(RouteSlot, HttpMetrics)>,
+        slot: Option<(RouteSlot, MetricsId)>,
     ) -> Self {
         ResponseFuture {
             inner,

@@ -28,6 +28,11 @@ pub(crate) type RouteFn = dyn for<'a> Fn(&'a Parts) -> Option<&'a str> + Send + 
 /// For a router mounted with `Router::nest_service`, the outer router does not know the
 /// inner template; layer the inner router with a clone of the same layer and the request is
 /// still recorded once, by the outer layer, under the full template.
+///
+/// The services it wraps hold the metrics' id, not a reference (axum clones a layered route for
+/// every request): they record while the metrics can be read, that is while `routes()`, the
+/// registry or a clone of the layer is alive. Mount `routes()` (or keep the registry you gave
+/// the builder) as a server does.
 #[derive(Clone)]
 pub struct ObserveLayer {
     pub(crate) metrics: HttpMetrics,
@@ -96,7 +101,7 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
             inner,
-            metrics: self.metrics.clone(),
+            metrics: self.metrics.id(),
             route_fn: self.route_fn.clone(),
         }
     }

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use observe_core::{HttpMetrics, RequestRecord};
+use observe_core::{MetricsId, RequestRecord};
 use tower_service::Service;
 
 use crate::body::{count_request_body, ResponseBody};
@@ -10,10 +10,13 @@ use crate::future::ResponseFuture;
 use crate::layer::RouteFn;
 
 /// The service [`ObserveLayer`](crate::ObserveLayer) wraps around an inner service.
+///
+/// axum clones it for every request, so it holds its metrics' `Copy` id, not an `Arc`: no
+/// worker writes a reference count the others share (see [`MetricsId`]).
 #[derive(Clone)]
 pub struct Observe<S> {
     pub(crate) inner: S,
-    pub(crate) metrics: HttpMetrics,
+    pub(crate) metrics: MetricsId,
     pub(crate) route_fn: Option<Arc<RouteFn>>,
 }
 
@@ -21,7 +24,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Observe<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Observe")
             .field("inner", &self.inner)
-            .field("service", &self.metrics.service())
+            .field("metrics", &self.metrics)
             .field("route_fn", &self.route_fn.is_some())
             .finish()
     }
@@ -43,25 +46,23 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let metrics = &self.metrics;
+        let metrics = self.metrics;
         let mut slot = None;
         let mut record: Option<RequestRecord> = match &self.route_fn {
             Some(route_fn) => {
                 let (parts, body) = req.into_parts();
-                let route = metrics.route(route_fn(&parts));
-                let record = metrics.start(parts.method.as_str(), route);
+                let record = metrics.start(parts.method.as_str(), route_fn(&parts));
                 req = Request::from_parts(parts, body);
                 record
             }
             None => match nested::lookup(req.extensions()) {
                 nested::Lookup::Template(template) => {
-                    metrics.start(req.method().as_str(), metrics.route(template))
+                    metrics.start(req.method().as_str(), template)
                 }
                 nested::Lookup::ObservedOutside => None,
                 nested::Lookup::Unknown => {
-                    let waiting = nested::RouteSlot::wait(req.extensions_mut());
-                    slot = Some((waiting, metrics.clone()));
-                    metrics.start(req.method().as_str(), observe_core::RouteId::UNMATCHED)
+                    slot = Some((nested::RouteSlot::wait(req.extensions_mut()), metrics));
+                    metrics.start(req.method().as_str(), None)
                 }
             },
         };
