@@ -114,16 +114,40 @@ impl Scrape {
     }
 }
 
-/// Scrapes `metrics` until `done`, checking each scrape against the one before and counting
-/// the scrapes in `scrapes`.
-fn scrape_until(metrics: &HttpMetrics, done: &AtomicBool, scrapes: &AtomicUsize) {
-    let mut last = Scrape::take(metrics);
-    while !done.load(Ordering::Acquire) {
-        let next = Scrape::take(metrics);
-        next.check_grew_from(&last);
-        last = next;
-        scrapes.fetch_add(1, Ordering::Release);
-    }
+/// Metrics of `service` that name up to `max_routes` routes.
+fn metrics(service: &str, max_routes: usize) -> HttpMetrics {
+    HttpMetrics::builder(service)
+        .max_routes(max_routes)
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+/// Runs `record` while `scrapers` threads scrape `metrics` over and over, each scrape checked
+/// against the one before; `record` is given the count of scrapes done so far.
+fn while_scraping(metrics: &HttpMetrics, scrapers: usize, record: impl FnOnce(&AtomicUsize)) {
+    let done = AtomicBool::new(false);
+    let scrapes = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let scrapers: Vec<_> = (0..scrapers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut last = Scrape::take(metrics);
+                    while !done.load(Ordering::Acquire) {
+                        let next = Scrape::take(metrics);
+                        next.check_grew_from(&last);
+                        last = next;
+                        scrapes.fetch_add(1, Ordering::Release);
+                    }
+                })
+            })
+            .collect();
+        record(&scrapes);
+        done.store(true, Ordering::Release);
+        for scraper in scrapers {
+            scraper.join().unwrap();
+        }
+    });
 }
 
 #[test]
@@ -132,65 +156,55 @@ fn scrapes_see_consistent_growing_totals_while_threads_come_and_go() {
     // More threads at once than owned shards (16): some record into the shared one.
     const THREADS: usize = 20;
     const REQUESTS_PER_THREAD: usize = 300;
-    let metrics = HttpMetrics::builder("c")
-        .max_routes(10_000)
-        .unwrap()
-        .build()
-        .unwrap();
-    let done = AtomicBool::new(false);
-    let scrapes = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        let scrapers: Vec<_> = (0..2)
-            .map(|_| s.spawn(|| scrape_until(&metrics, &done, &scrapes)))
-            .collect();
-        // Requests started on the wave threads and finished here, on a thread that outlives
-        // them.
-        let (handoff, finish_here) = mpsc::channel::<ResponseRecord>();
-        let finisher = s.spawn(move || finish_here.into_iter().for_each(ResponseRecord::finish));
-        for wave in 0..WAVES {
-            let scraped = scrapes.load(Ordering::Acquire);
-            std::thread::scope(|w| {
-                for t in 0..THREADS {
-                    let (metrics, handoff, scrapes) = (&metrics, handoff.clone(), &scrapes);
-                    w.spawn(move || {
-                        for i in 0..REQUESTS_PER_THREAD {
-                            // Halfway through, the wave's first thread waits for a whole
-                            // scrape, so every wave is scraped while it records.
-                            while t == 0
-                                && i == REQUESTS_PER_THREAD / 2
-                                && scrapes.load(Ordering::Acquire) < scraped + 2
-                            {
-                                std::thread::yield_now();
-                            }
-                            // A few fixed routes, and a new one now and then while scraping.
-                            let template = if i % 50 == 0 {
-                                format!("/new/{wave}/{t}/{i}")
-                            } else {
-                                format!("/fixed/{}", i % 5)
-                            };
-                            let method = ["GET", "POST", "PUT"][i % 3];
-                            let record = metrics.id().start(method, Some(&template)).unwrap();
-                            match i % 4 {
-                                0 => handoff.send(record.respond(200)).unwrap(),
-                                1 => drop(record),
-                                2 => record.fail(),
-                                _ => {
-                                    let mut response = record.respond(201);
-                                    response.add_response_bytes(i as u64);
-                                    response.finish();
+    let metrics = metrics("c", 10_000);
+    while_scraping(&metrics, 2, |scrapes| {
+        std::thread::scope(|s| {
+            // Requests started on the wave threads and finished here, on a thread that outlives
+            // them.
+            let (handoff, finish_here) = mpsc::channel::<ResponseRecord>();
+            let finisher =
+                s.spawn(move || finish_here.into_iter().for_each(ResponseRecord::finish));
+            for wave in 0..WAVES {
+                let scraped = scrapes.load(Ordering::Acquire);
+                std::thread::scope(|w| {
+                    for t in 0..THREADS {
+                        let (metrics, handoff) = (&metrics, handoff.clone());
+                        w.spawn(move || {
+                            for i in 0..REQUESTS_PER_THREAD {
+                                // Halfway through, the wave's first thread waits for a whole
+                                // scrape, so every wave is scraped while it records.
+                                while t == 0
+                                    && i == REQUESTS_PER_THREAD / 2
+                                    && scrapes.load(Ordering::Acquire) < scraped + 2
+                                {
+                                    std::thread::yield_now();
+                                }
+                                // A few fixed routes, and a new one now and then while scraping.
+                                let template = if i % 50 == 0 {
+                                    format!("/new/{wave}/{t}/{i}")
+                                } else {
+                                    format!("/fixed/{}", i % 5)
+                                };
+                                let method = ["GET", "POST", "PUT"][i % 3];
+                                let record = metrics.id().start(method, Some(&template)).unwrap();
+                                match i % 4 {
+                                    0 => handoff.send(record.respond(200)).unwrap(),
+                                    1 => drop(record),
+                                    2 => record.fail(),
+                                    _ => {
+                                        let mut response = record.respond(201);
+                                        response.add_response_bytes(i as u64);
+                                        response.finish();
+                                    }
                                 }
                             }
-                        }
-                    });
-                }
-            });
-        }
-        drop(handoff);
-        finisher.join().unwrap();
-        done.store(true, Ordering::Release);
-        for scraper in scrapers {
-            scraper.join().unwrap();
-        }
+                        });
+                    }
+                });
+            }
+            drop(handoff);
+            finisher.join().unwrap();
+        })
     });
     let last = Scrape::take(&metrics);
     let expected = (WAVES * THREADS * REQUESTS_PER_THREAD) as f64;
@@ -221,17 +235,8 @@ fn routes_interned_during_a_scrape_are_never_exposed_without_their_name() {
     // after the series, this failed within a second on a 2-core machine.)
     const ROUTES: usize = 5_000;
     const WRITERS: usize = 4;
-    let metrics = HttpMetrics::builder("r")
-        .max_routes(ROUTES)
-        .unwrap()
-        .build()
-        .unwrap();
-    let done = AtomicBool::new(false);
-    let scrapes = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        let scrapers: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| scrape_until(&metrics, &done, &scrapes)))
-            .collect();
+    let metrics = metrics("r", ROUTES);
+    while_scraping(&metrics, 4, |_| {
         std::thread::scope(|w| {
             for writer in 0..WRITERS {
                 let metrics = &metrics;
@@ -244,10 +249,6 @@ fn routes_interned_during_a_scrape_are_never_exposed_without_their_name() {
                 });
             }
         });
-        done.store(true, Ordering::Release);
-        for scraper in scrapers {
-            scraper.join().unwrap();
-        }
     });
     assert_eq!(Scrape::take(&metrics).total(REQUESTS), ROUTES as f64);
 }
