@@ -34,6 +34,20 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The workspace build above unifies features, so a crate that breaks with a feature set a user
+# can pick (observe-tower without axum, with tonic only, observe-actix without pprof) would go
+# unseen: lint each library alone with each of its feature sets.
+echo "== cargo clippy, each feature set of each library"
+for spec in observe-core: observe-core:pprof observe-core:heap \
+  observe-tower: observe-tower:axum observe-tower:tonic observe-tower:pprof observe-tower:heap \
+  observe-actix: observe-actix:pprof observe-actix:heap; do
+  package=${spec%%:*}
+  features=${spec#*:}
+  echo "   $package --no-default-features ${features:+--features $features}"
+  cargo clippy -q -p "$package" --no-default-features ${features:+--features "$features"} -- -D warnings
+done
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features
 echo "== build the examples the end-to-end tests start"
 cargo build --workspace --bins
 echo "== cargo test"
