@@ -4,13 +4,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use futures_util::future::{select, Either};
 
-use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use actix_web::http::StatusCode;
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
-use observe_core::profiling::{AccessRequest, DebugResponse, Pprof, PprofRequest};
+use observe_core::profiling::{self, AccessRequest, Pprof, PprofRequest};
 
 use crate::connection::ClientSocket;
 use crate::middleware::Observe;
+use crate::routes::into_response;
 
 impl Observe {
     /// Serves `pprof` under `/debug/pprof` from [`routes`](Self::routes) instead of the
@@ -120,18 +119,6 @@ async fn serve(pprof: Pprof, req: HttpRequest) -> HttpResponse {
     };
     match answer {
         Ok(answer) => into_response(answer),
-        Err(e) => into_response(DebugResponse::error(500, &format!("profiling failed: {e}"))),
+        Err(e) => into_response(profiling::error(500, &format!("profiling failed: {e}"))),
     }
-}
-
-fn into_response(answer: DebugResponse) -> HttpResponse {
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = HttpResponse::build(status);
-    response.insert_header((CONTENT_TYPE, answer.content_type));
-    for (name, value) in answer.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.insert_header((HeaderName::from_static(name), value));
-        }
-    }
-    response.body(answer.body)
 }

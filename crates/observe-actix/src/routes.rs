@@ -1,6 +1,7 @@
-use actix_web::http::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use actix_web::http::header::{HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_TYPE};
+use actix_web::http::StatusCode;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
-use observe_core::MetricsEncoder;
+use observe_core::{Answer, MetricsEncoder};
 
 use crate::middleware::Observe;
 
@@ -48,27 +49,22 @@ async fn serve_metrics(encoder: MetricsEncoder, req: HttpRequest) -> HttpRespons
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     // Gathering walks every series: keep it off the async workers.
-    let encoded = web::block(move || encoder.encode(accept.as_deref())).await;
-    let mut response = match encoded {
-        Ok(Ok(metrics)) => {
-            let mut response = HttpResponse::Ok();
-            response.insert_header((CONTENT_TYPE, metrics.content_type));
-            if let Some(encoding) = metrics.content_encoding {
-                response.insert_header((CONTENT_ENCODING, encoding));
-            }
-            response.body(metrics.body)
-        }
-        Ok(Err(error)) => plain_error(error.to_string()),
-        Err(blocking) => plain_error(format!("encoding metrics failed: {blocking}")),
-    };
-    response
-        .headers_mut()
-        .insert(VARY, HeaderValue::from_static("accept-encoding"));
-    response
+    let answer = web::block(move || encoder.respond(accept.as_deref())).await;
+    into_response(answer.unwrap_or_else(|blocking| {
+        Answer::text(500, &format!("encoding metrics failed: {blocking}"))
+            .with_header("vary", "accept-encoding")
+    }))
 }
 
-fn plain_error(message: String) -> HttpResponse {
-    HttpResponse::InternalServerError()
-        .insert_header((CONTENT_TYPE, "text/plain; charset=utf-8"))
-        .body(message + "\n")
+/// An observe answer (`/metrics`, `/debug/pprof`) as an actix-web response.
+pub(crate) fn into_response(answer: Answer) -> HttpResponse {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::build(status);
+    response.insert_header((CONTENT_TYPE, answer.content_type));
+    for (name, value) in answer.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.insert_header((HeaderName::from_static(name), value));
+        }
+    }
+    response.body(answer.body)
 }

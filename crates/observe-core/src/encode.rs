@@ -5,6 +5,7 @@ use flate2::Compression;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::error::ObserveError;
+use crate::Answer;
 
 /// `Content-Type` of the Prometheus text exposition format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -69,6 +70,26 @@ impl MetricsEncoder {
             content_type: TEXT_CONTENT_TYPE,
             content_encoding: Some("gzip"),
         })
+    }
+}
+
+impl MetricsEncoder {
+    /// The whole `/metrics` answer for a request whose `Accept-Encoding` header is
+    /// `accept_encoding`: the exposition (gzipped when accepted) with its `Content-Type`,
+    /// `Content-Encoding` and `Vary`, or a `500` naming what failed. Blocks while it encodes:
+    /// call it off the async workers.
+    pub fn respond(&self, accept_encoding: Option<&str>) -> Answer {
+        let answer = match self.encode(accept_encoding) {
+            Ok(metrics) => {
+                let answer = Answer::ok(metrics.content_type, metrics.body);
+                match metrics.content_encoding {
+                    Some(encoding) => answer.with_header("content-encoding", encoding),
+                    None => answer,
+                }
+            }
+            Err(error) => Answer::text(500, &error.to_string()),
+        };
+        answer.with_header("vary", "accept-encoding")
     }
 }
 

@@ -27,6 +27,7 @@
 //! assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="checkout"} 1"#));
 //! ```
 
+mod answer;
 mod cache;
 mod collector;
 mod config;
@@ -41,6 +42,7 @@ mod record;
 mod routes;
 mod shard;
 
+pub use answer::{Answer, TEXT_PLAIN};
 pub use config::{
     ObserveBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_MAX_ROUTES, DEFAULT_SIZE_BUCKETS,
 };

@@ -2,16 +2,14 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use http::header::CONTENT_TYPE;
-use http::{HeaderName, HeaderValue, StatusCode};
-use observe_core::profiling::{AccessRequest, DebugResponse, Pprof, PprofRequest};
+use observe_core::profiling::{self, AccessRequest, Pprof, PprofRequest};
 
 use crate::layer::ObserveLayer;
+use crate::routes::into_response;
 
 impl ObserveLayer {
     /// Serves `pprof` under `/debug/pprof` from [`routes`](Self::routes) instead of the
@@ -113,20 +111,6 @@ async fn serve(pprof: Pprof, profile: String, req: Request) -> Response {
     let _cancel = job.cancel_on_drop();
     match tokio::task::spawn_blocking(move || job.run()).await {
         Ok(answer) => into_response(answer),
-        Err(e) => into_response(DebugResponse::error(500, &format!("profiling failed: {e}"))),
+        Err(e) => into_response(profiling::error(500, &format!("profiling failed: {e}"))),
     }
-}
-
-fn into_response(answer: DebugResponse) -> Response {
-    let mut response = Response::new(Body::from(answer.body));
-    *response.status_mut() =
-        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
-    for (name, value) in answer.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
-    }
-    response
 }

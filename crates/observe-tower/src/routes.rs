@@ -2,9 +2,9 @@ use axum::body::Body;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
-use http::{HeaderMap, HeaderValue, StatusCode};
-use observe_core::MetricsEncoder;
+use http::header::{ACCEPT_ENCODING, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use observe_core::{Answer, MetricsEncoder};
 
 use crate::layer::ObserveLayer;
 
@@ -48,32 +48,24 @@ async fn serve_metrics(encoder: MetricsEncoder, headers: HeaderMap) -> Response 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     // Gathering walks every series: keep it off the async workers.
-    let encoded = tokio::task::spawn_blocking(move || encoder.encode(accept.as_deref())).await;
-    let mut response = match encoded {
-        Ok(Ok(metrics)) => {
-            let mut response = Response::new(Body::from(metrics.body));
-            let headers = response.headers_mut();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static(metrics.content_type));
-            if let Some(encoding) = metrics.content_encoding {
-                headers.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
-            }
-            response
-        }
-        Ok(Err(error)) => plain_error(error.to_string()),
-        Err(join) => plain_error(format!("encoding metrics failed: {join}")),
-    };
-    response
-        .headers_mut()
-        .insert(VARY, HeaderValue::from_static("accept-encoding"));
-    response
+    let answer = tokio::task::spawn_blocking(move || encoder.respond(accept.as_deref())).await;
+    into_response(answer.unwrap_or_else(|join| {
+        Answer::text(500, &format!("encoding metrics failed: {join}"))
+            .with_header("vary", "accept-encoding")
+    }))
 }
 
-fn plain_error(message: String) -> Response {
-    let mut response = Response::new(Body::from(message + "\n"));
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+/// An observe answer (`/metrics`, `/debug/pprof`) as an axum response.
+pub(crate) fn into_response(answer: Answer) -> Response {
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    for (name, value) in answer.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
     response
 }

@@ -3,7 +3,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::profiling::error::PprofError;
-use crate::profiling::response::DebugResponse;
+use crate::profiling::response;
+use crate::Answer;
 
 /// What an [`Access`] rule sees of a `/debug/pprof` request. Adapters fill it in.
 ///
@@ -130,16 +131,16 @@ impl Access {
     }
 
     /// `Ok` to serve the request, or the 401/403 answer to send instead.
-    pub(crate) fn check(&self, req: &AccessRequest<'_>) -> Result<(), DebugResponse> {
+    pub(crate) fn check(&self, req: &AccessRequest<'_>) -> Result<(), Answer> {
         match &self.0 {
             Rule::Anyone => Ok(()),
             Rule::Loopback => match req.peer() {
                 Some(ip) if is_loopback(ip) => Ok(()),
-                Some(_) => Err(DebugResponse::error(
+                Some(_) => Err(response::error(
                     403,
                     "forbidden: /debug/pprof only answers loopback clients (Access::loopback_only); see docs/pprof.md",
                 )),
-                None => Err(DebugResponse::error(
+                None => Err(response::error(
                     403,
                     "forbidden: /debug/pprof only answers loopback clients, but this server does not pass the client address on; \
                      serve the app with into_make_service_with_connect_info::<SocketAddr>() or choose another Access rule (docs/pprof.md)",
@@ -153,7 +154,7 @@ impl Access {
                 match given {
                     Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
                     _ => {
-                        let mut response = DebugResponse::error(
+                        let mut response = response::error(
                             401,
                             "unauthorized: /debug/pprof needs an Authorization: Bearer <token> header",
                         );
@@ -168,7 +169,7 @@ impl Access {
                 if allow(req) {
                     Ok(())
                 } else {
-                    Err(DebugResponse::error(
+                    Err(response::error(
                         403,
                         "forbidden: this request does not pass the server's /debug/pprof access rule",
                     ))

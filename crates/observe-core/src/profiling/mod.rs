@@ -3,7 +3,7 @@
 //! an access rule in front.
 //!
 //! Adapters (`observe-tower`, `observe-actix`) mount [`Pprof`] under `/debug/pprof` and
-//! translate: the request into an [`AccessRequest`], the answer ([`DebugResponse`]) into their
+//! translate: the request into an [`AccessRequest`], the answer ([`Answer`]) into their
 //! response type. Work that blocks (sampling for N seconds, symbolizing, encoding) comes back
 //! as a [`ProfileJob`] to run on a blocking thread:
 //!
@@ -36,6 +36,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::Answer;
+
 mod access;
 mod cpu;
 mod error;
@@ -50,7 +52,7 @@ pub use error::PprofError;
 pub use params::{
     ProfileParams, DEFAULT_FREQUENCY, DEFAULT_MAX_SECONDS, DEFAULT_SECONDS, MAX_FREQUENCY,
 };
-pub use response::DebugResponse;
+pub use response::error;
 
 /// jemalloc as Rust's global allocator, built with its heap profiler (the `heap` feature):
 ///
@@ -175,7 +177,7 @@ impl PprofBuilder {
 #[must_use]
 pub enum PprofRequest {
     /// The answer, at once (the index, `cmdline`, any error, 409).
-    Ready(DebugResponse),
+    Ready(Answer),
     /// Blocking work: run [`ProfileJob::run`] on a blocking thread.
     Blocking(ProfileJob),
 }
@@ -216,7 +218,7 @@ impl ProfileJob {
     }
 
     /// Takes the profile and encodes it. Blocks for the profile's duration.
-    pub fn run(self) -> DebugResponse {
+    pub fn run(self) -> Answer {
         let result = match self.work {
             Work::Cpu {
                 profiler,
@@ -226,16 +228,16 @@ impl ProfileJob {
                 if flamegraph {
                     profile
                         .to_flamegraph()
-                        .map(|svg| DebugResponse::ok("image/svg+xml", svg))
+                        .map(|svg| Answer::ok("image/svg+xml", svg))
                 } else {
                     profile
                         .to_pprof()
-                        .map(|pb| DebugResponse::attachment(pb, "profile"))
+                        .map(|pb| response::attachment(pb, "profile"))
                 }
             }),
-            Work::Heap => heap::dump().map(|pb| DebugResponse::attachment(pb, "heap")),
+            Work::Heap => heap::dump().map(|pb| response::attachment(pb, "heap")),
         };
-        result.unwrap_or_else(DebugResponse::from)
+        result.unwrap_or_else(Answer::from)
     }
 }
 
@@ -288,8 +290,8 @@ impl Pprof {
             },
             "cmdline" if self.config.cmdline => {
                 let args: Vec<String> = std::env::args().collect();
-                return PprofRequest::Ready(DebugResponse::ok(
-                    response::TEXT,
+                return PprofRequest::Ready(Answer::ok(
+                    crate::answer::TEXT_PLAIN,
                     args.join("\0").into_bytes(),
                 ));
             }
@@ -308,8 +310,8 @@ impl Pprof {
 
     /// Where a request for the index without its trailing slash (`/debug/pprof`) is sent, so
     /// the page's relative links resolve.
-    pub fn redirect_to_index() -> DebugResponse {
-        let mut response = DebugResponse::ok(response::TEXT, b"see /debug/pprof/\n".to_vec());
+    pub fn redirect_to_index() -> Answer {
+        let mut response = Answer::ok(crate::answer::TEXT_PLAIN, b"see /debug/pprof/\n".to_vec());
         response.status = 308;
         response.headers.push(("location", "pprof/".to_owned()));
         response
@@ -326,7 +328,7 @@ impl Pprof {
         names
     }
 
-    fn index(&self, host: Option<&str>) -> DebugResponse {
+    fn index(&self, host: Option<&str>) -> Answer {
         let max = self.config.max_seconds;
         let cpu_seconds = DEFAULT_SECONDS.min(max);
         let flame_seconds = 10.min(max);
@@ -363,7 +365,7 @@ impl Pprof {
         }
         let note = heap.err().map(|e| e.to_string());
         let html = index::render(&entries, max, note.as_deref(), host);
-        DebugResponse::ok("text/html; charset=utf-8", html.into_bytes())
+        Answer::ok("text/html; charset=utf-8", html.into_bytes())
     }
 }
 
@@ -375,14 +377,14 @@ mod tests {
         AccessRequest::new("/debug/pprof/x", Some([127, 0, 0, 1].into()))
     }
 
-    fn ready(r: PprofRequest) -> DebugResponse {
+    fn ready(r: PprofRequest) -> Answer {
         match r {
             PprofRequest::Ready(r) => r,
             PprofRequest::Blocking(_) => panic!("expected an immediate answer"),
         }
     }
 
-    fn has_go_pprof_header(r: &DebugResponse) -> bool {
+    fn has_go_pprof_header(r: &Answer) -> bool {
         r.headers
             .iter()
             .any(|(k, v)| *k == "x-go-pprof" && v == "1")
@@ -402,7 +404,7 @@ mod tests {
             assert_eq!(r.status, 400, "{profile}?{query}");
             assert_eq!(r.content_type, "text/plain; charset=utf-8");
             assert!(has_go_pprof_header(&r));
-            assert_eq!(r.text().lines().count(), 1, "{}", r.text());
+            assert_eq!(r.body_text().lines().count(), 1, "{}", r.body_text());
         }
     }
 
@@ -415,7 +417,11 @@ mod tests {
             assert!(has_go_pprof_header(&r));
         }
         let r = ready(pprof.handle(&local(), "goroutine", None));
-        assert!(r.text().contains("profile, flamegraph"), "{}", r.text());
+        assert!(
+            r.body_text().contains("profile, flamegraph"),
+            "{}",
+            r.body_text()
+        );
     }
 
     #[test]
@@ -448,7 +454,7 @@ mod tests {
         let pprof = Pprof::builder().max_seconds(5).unwrap().build();
         let r = ready(pprof.handle(&local(), "profile", Some("seconds=6")));
         assert_eq!(r.status, 400);
-        assert!(r.text().contains("from 1 to 5"), "{}", r.text());
+        assert!(r.body_text().contains("from 1 to 5"), "{}", r.body_text());
         assert!(Pprof::builder().max_seconds(0).is_err());
     }
 
@@ -462,7 +468,7 @@ mod tests {
         for profile in ["profile", "flamegraph"] {
             let r = ready(pprof.handle(&local(), profile, Some("seconds=1")));
             assert_eq!(r.status, 409);
-            assert!(r.text().contains("profiling is already in use"));
+            assert!(r.body_text().contains("profiling is already in use"));
             assert!(has_go_pprof_header(&r));
         }
         let cancel = job.cancel_on_drop();
@@ -480,7 +486,7 @@ mod tests {
     #[test]
     fn the_index_links_only_what_is_served() {
         let r = ready(Pprof::new().handle(&local(), "", None));
-        let html = r.text();
+        let html = r.body_text();
         assert!(html.contains(r#"href="profile""#));
         assert!(html.contains(r#"href="flamegraph?seconds=10""#));
         assert!(!html.contains(r#"href="cmdline""#));
@@ -490,7 +496,7 @@ mod tests {
         );
         let with_cmdline = Pprof::builder().cmdline(true).build();
         assert!(ready(with_cmdline.handle(&local(), "", None))
-            .text()
+            .body_text()
             .contains(r#"href="cmdline""#));
     }
 }

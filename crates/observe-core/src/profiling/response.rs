@@ -1,70 +1,30 @@
+//! The `/debug/pprof` flavours of [`Answer`]: downloads, and errors `go tool pprof` shows.
+
 use crate::profiling::error::PprofError;
+use crate::Answer;
 
-/// A finished `/debug/pprof` answer, for an adapter to turn into its framework's response.
-///
-/// ```
-/// use observe_core::profiling::{AccessRequest, Pprof, PprofRequest};
-///
-/// let pprof = Pprof::builder().anyone().build();
-/// let PprofRequest::Ready(answer) = pprof.handle(&AccessRequest::new("/debug/pprof/", None), "", None) else {
-///     unreachable!("the index is ready at once")
-/// };
-/// assert_eq!(answer.status, 200);
-/// assert_eq!(answer.content_type, "text/html; charset=utf-8");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DebugResponse {
-    /// HTTP status code.
-    pub status: u16,
-    /// `Content-Type`.
-    pub content_type: &'static str,
-    /// Further headers, e.g. `Content-Disposition`, `X-Go-Pprof`, `WWW-Authenticate`.
-    pub headers: Vec<(&'static str, String)>,
-    /// The body, sent as is (profiles are already gzipped).
-    pub body: Vec<u8>,
+/// A profile download: `go tool pprof` and browsers save it as `filename`.
+pub(crate) fn attachment(body: Vec<u8>, filename: &str) -> Answer {
+    Answer::ok("application/octet-stream", body).with_header(
+        "content-disposition",
+        format!("attachment; filename=\"{filename}\""),
+    )
 }
 
-/// `Content-Type` of errors and plain answers.
-pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
-
-impl DebugResponse {
-    pub(crate) fn ok(content_type: &'static str, body: Vec<u8>) -> Self {
-        DebugResponse {
-            status: 200,
-            content_type,
-            headers: Vec::new(),
-            body,
-        }
-    }
-
-    /// A profile download: `go tool pprof` and browsers save it as `filename`.
-    pub(crate) fn attachment(body: Vec<u8>, filename: &str) -> Self {
-        let mut response = DebugResponse::ok("application/octet-stream", body);
-        response.headers.push((
-            "content-disposition",
-            format!("attachment; filename=\"{filename}\""),
-        ));
-        response
-    }
-
-    /// A one-line `text/plain` error that `go tool pprof` shows as is.
-    pub fn error(status: u16, message: &str) -> Self {
-        DebugResponse {
-            status,
-            content_type: TEXT,
-            headers: vec![("x-go-pprof", "1".to_owned())],
-            body: format!("{message}\n").into_bytes(),
-        }
-    }
-
-    /// The body as text, for errors and the index.
-    pub fn text(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.body)
-    }
+/// A one-line `text/plain` error that `go tool pprof` shows as is.
+///
+/// ```
+/// let answer = observe_core::profiling::error(500, "profiling failed: no thread");
+/// assert_eq!(answer.status, 500);
+/// assert_eq!(answer.header("x-go-pprof"), Some("1"));
+/// assert_eq!(answer.body_text(), "profiling failed: no thread\n");
+/// ```
+pub fn error(status: u16, message: &str) -> Answer {
+    Answer::text(status, message).with_header("x-go-pprof", "1")
 }
 
-impl From<PprofError> for DebugResponse {
+impl From<PprofError> for Answer {
     fn from(error: PprofError) -> Self {
-        DebugResponse::error(error.status(), &error.to_string())
+        self::error(error.status(), &error.to_string())
     }
 }
