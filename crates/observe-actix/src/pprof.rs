@@ -21,7 +21,7 @@ impl Observe {
     /// let token = std::env::var("PPROF_TOKEN").unwrap_or_else(|_| "change-me".into());
     /// let observe = Observe::new("checkout")
     ///     .with_pprof(Pprof::builder().access(Access::bearer_token(token)?).build());
-    /// # Ok::<(), observe_actix::core::profiling::PprofError>(())
+    /// # Ok::<(), observe_actix::observe_core::profiling::PprofError>(())
     /// ```
     pub fn with_pprof(mut self, pprof: Pprof) -> Self {
         self.pprof = Some(pprof);
@@ -30,7 +30,7 @@ impl Observe {
 
     /// [`routes`](Self::routes) serves `/metrics` only; serve the profiles elsewhere, e.g.
     /// with [`serve_pprof_on_loopback`](crate::serve_pprof_on_loopback).
-    pub fn without_pprof_routes(mut self) -> Self {
+    pub fn without_pprof(mut self) -> Self {
         self.pprof = None;
         self
     }
@@ -68,7 +68,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, pprof: Pprof) {
 /// # async fn run() -> std::io::Result<()> {
 /// use observe_actix::{Observe, Pprof};
 ///
-/// let observe = Observe::new("checkout").without_pprof_routes();
+/// let observe = Observe::new("checkout").without_pprof();
 /// let admin = observe_actix::serve_pprof_on_loopback(6060, Pprof::new())?;
 /// println!("pprof on http://{admin}/debug/pprof/");
 /// # Ok(()) }

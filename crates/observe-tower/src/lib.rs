@@ -40,7 +40,7 @@ pub use future::ResponseFuture;
 pub use layer::ObserveLayer;
 #[cfg(feature = "pprof")]
 pub use observe_core::profiling::{Access, AccessRequest, Pprof};
-pub use observe_core::{self as core, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
+pub use observe_core::{self, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
 #[cfg(feature = "pprof")]
 pub use pprof::{pprof_router, serve_pprof_on_loopback};
 pub use service::Observe;

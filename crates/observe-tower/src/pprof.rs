@@ -21,7 +21,7 @@ impl ObserveLayer {
     /// let token = std::env::var("PPROF_TOKEN").unwrap_or_else(|_| "change-me".into());
     /// let observe = ObserveLayer::new("checkout")
     ///     .with_pprof(Pprof::builder().access(Access::bearer_token(token)?).build());
-    /// # Ok::<(), observe_tower::core::profiling::PprofError>(())
+    /// # Ok::<(), observe_tower::observe_core::profiling::PprofError>(())
     /// ```
     pub fn with_pprof(mut self, pprof: Pprof) -> Self {
         self.pprof = Some(pprof);
@@ -30,7 +30,7 @@ impl ObserveLayer {
 
     /// [`routes`](Self::routes) serves `/metrics` only; serve the profiles elsewhere, e.g.
     /// with [`serve_pprof_on_loopback`](crate::serve_pprof_on_loopback).
-    pub fn without_pprof_routes(mut self) -> Self {
+    pub fn without_pprof(mut self) -> Self {
         self.pprof = None;
         self
     }
@@ -71,7 +71,7 @@ where
 /// # async fn run() -> std::io::Result<()> {
 /// use observe_tower::{ObserveLayer, Pprof};
 ///
-/// let observe = ObserveLayer::new("checkout").without_pprof_routes();
+/// let observe = ObserveLayer::new("checkout").without_pprof();
 /// let admin = observe_tower::serve_pprof_on_loopback(6060, Pprof::new()).await?;
 /// println!("pprof on http://{admin}/debug/pprof/");
 /// # Ok(()) }

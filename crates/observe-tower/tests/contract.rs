@@ -325,9 +325,10 @@ async fn an_inner_error_is_500_with_hyper() {
         .await
         .unwrap();
     assert_eq!(res.text().await.unwrap(), "fine");
-    let text = observe_tower::core::MetricsEncoder::new(observe.metrics().registry().clone())
-        .encode(None)
-        .unwrap();
+    let text =
+        observe_tower::observe_core::MetricsEncoder::new(observe.metrics().registry().clone())
+            .encode(None)
+            .unwrap();
     let s = parse_exposition(std::str::from_utf8(&text.body).unwrap());
     assert_eq!(requests(&s, "/broken", "GET", "500"), 1.0);
     assert_eq!(requests(&s, "/ok", "POST", "200"), 1.0);

@@ -94,8 +94,8 @@ async fn a_bearer_token_guards_every_debug_route() {
 }
 
 #[tokio::test]
-async fn without_pprof_routes_the_main_router_has_none_and_the_loopback_listener_serves_them() {
-    let observe = ObserveLayer::new("svc").without_pprof_routes();
+async fn without_pprof_the_main_router_has_none_and_the_loopback_listener_serves_them() {
+    let observe = ObserveLayer::new("svc").without_pprof();
     let public = serve(app(observe), true).await;
     assert_eq!(
         get_status(format!("http://{public}/debug/pprof/"), None)
