@@ -449,6 +449,82 @@ pub async fn check_client_that_gives_up(base_url: &str) {
     assert_eq!(slow(&s, "200"), 0.0, "not as the response nobody received");
 }
 
+/// `/metrics` of the app at `base_url`, whose metrics carry `service="{service}"`: plain text
+/// 0.0.4 by default, gzipped only when `Accept-Encoding` accepts gzip (by weight), `Vary:
+/// accept-encoding` either way, and `HEAD` answered. Sends one `GET /users/1` first.
+pub async fn check_metrics_encoding(base_url: &str, service: &str) {
+    use std::io::Read;
+
+    assert_eq!(send(base_url, "GET", "/users/1").await, 200);
+    let get = |accept: Option<&'static str>| {
+        let mut request = client().get(format!("{base_url}/metrics"));
+        if let Some(accept) = accept {
+            request = request.header("accept-encoding", accept);
+        }
+        request.send()
+    };
+    let line = format!(
+        r#"http_server_requests_total{{http_request_method="GET",http_response_status_code="200",http_route="/users/{{id}}",service="{service}"}} 1"#
+    );
+    let plain = get(None).await.expect("plain");
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.headers()["content-type"], TEXT_FORMAT);
+    assert_eq!(plain.headers()["vary"], "accept-encoding");
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.text().await.expect("text");
+    assert!(plain.contains(&line), "{line}\nnot in\n{plain}");
+
+    let gzipped = get(Some("br, gzip;q=0.8")).await.expect("gzipped");
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    assert_eq!(gzipped.headers()["vary"], "accept-encoding");
+    assert_eq!(gzipped.headers()["content-type"], TEXT_FORMAT);
+    let bytes = gzipped.bytes().await.expect("bytes");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut text)
+        .expect("valid gzip");
+    assert!(bytes.len() < text.len(), "gzip makes it smaller");
+    assert!(text.contains(&line));
+
+    for refused in ["gzip;q=0, identity", "br"] {
+        let answer = get(Some(refused)).await.expect("refused");
+        assert!(
+            answer.headers().get("content-encoding").is_none(),
+            "{refused}"
+        );
+    }
+    let head = client()
+        .head(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), 200);
+}
+
+/// `Content-Type` of the Prometheus text format 0.0.4.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Sends a `GET` for each of `paths` and a `BREW /users/1` to the app at `base_url`, then runs
+/// `promtool check metrics` on its `/metrics`, which must also carry the process metrics.
+/// Returns the exposition for further checks.
+pub async fn check_promtool_accepts(base_url: &str, paths: &[&str]) -> String {
+    for path in paths {
+        send(base_url, "GET", path).await;
+    }
+    send(base_url, "BREW", "/users/1").await;
+    let text = client()
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("process_resident_memory_bytes"));
+    assert_promtool_accepts(&text);
+    text
+}
+
 /// A client that never goes through a proxy: the tests talk to loopback.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -1,7 +1,6 @@
 //! The metric contract (`docs/metrics.md`) for actix-web, over real TCP sockets: a real
 //! `HttpServer` on a loopback port, a real HTTP client, and the real `/metrics` output.
 use std::future::ready;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,8 +9,7 @@ use actix_web::error::{ErrorForbidden, ErrorServiceUnavailable};
 use actix_web::{guard, web, App, HttpResponse, HttpServer, Route};
 use bytes::Bytes;
 use integration_tests::contract::{
-    self, active, assert_promtool_accepts, client, eventually, requests, scrape, send, value, Case,
-    Request, Series,
+    self, active, client, eventually, requests, scrape, send, value, Case, Request, Series,
 };
 use observe_actix::{prometheus, Observe};
 use serde::Deserialize;
@@ -462,49 +460,7 @@ async fn body_sizes_are_the_bytes_transferred() {
 #[tokio::test]
 async fn metrics_are_gzipped_only_when_the_scraper_asks() {
     let server = start("gzip");
-    assert_eq!(send(&server.base_url, "GET", "/users/1").await, 200);
-    let get = |accept: Option<&'static str>| {
-        let mut req = client().get(url(&server, "/metrics"));
-        if let Some(accept) = accept {
-            req = req.header("accept-encoding", accept);
-        }
-        req.send()
-    };
-    let plain = get(None).await.expect("plain");
-    assert_eq!(plain.status(), 200);
-    assert_eq!(
-        plain.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
-    );
-    assert_eq!(plain.headers()["vary"], "accept-encoding");
-    assert!(plain.headers().get("content-encoding").is_none());
-    let plain = plain.text().await.expect("text");
-    assert!(plain.contains("http_server_requests_total{"));
-
-    let gzipped = get(Some("br, gzip;q=0.8")).await.expect("gzipped");
-    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
-    assert_eq!(gzipped.headers()["vary"], "accept-encoding");
-    assert_eq!(
-        gzipped.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
-    );
-    let bytes = gzipped.bytes().await.expect("bytes");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(&bytes[..])
-        .read_to_string(&mut text)
-        .expect("valid gzip");
-    assert!(text.contains(
-        r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="gzip"} 1"#
-    ));
-
-    let refused = get(Some("gzip;q=0, identity")).await.expect("refused");
-    assert!(refused.headers().get("content-encoding").is_none());
-    let head = client()
-        .head(url(&server, "/metrics"))
-        .send()
-        .await
-        .expect("head");
-    assert_eq!(head.status(), 200);
+    contract::check_metrics_encoding(&server.base_url, "gzip").await;
 }
 
 #[tokio::test]
@@ -515,26 +471,15 @@ async fn promtool_accepts_the_exposition() {
         .build()
         .expect("observe");
     let server = serve(observe);
-    for path in [
+    let paths = [
         "/users/1",
         "/api/v3/items/4",
         "/nowhere",
         "/forbidden/9",
         "/stream?chunks=2",
-    ] {
-        send(&server.base_url, "GET", path).await;
-    }
-    send(&server.base_url, "BREW", "/users/1").await;
-    let text = client()
-        .get(url(&server, "/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    ];
+    let text = contract::check_promtool_accepts(&server.base_url, &paths).await;
     assert!(text.contains(r#"region="eu-west-1""#));
-    assert_promtool_accepts(&text);
 }
 
 #[tokio::test]

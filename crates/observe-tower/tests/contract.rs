@@ -1,7 +1,6 @@
 //! The metric contract (`docs/metrics.md`) for axum and hyper, over real TCP sockets.
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,8 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::{any, get, post};
 use axum::Router;
 use integration_tests::contract::{
-    self, active, assert_promtool_accepts, client, eventually, requests, scrape, sum, value, Case,
-    Request, Series,
+    self, active, client, eventually, requests, scrape, sum, value, Case, Request, Series,
 };
 use integration_tests::{parse_exposition, Sample};
 use observe_tower::{prometheus, ObserveLayer};
@@ -451,56 +449,20 @@ async fn body_sizes_are_the_bytes_transferred() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_gzipped_only_when_the_scraper_asks() {
     let (_observe, addr) = start().await;
-    get_ok(addr, "/users/1").await;
-    let plain = get_ok(addr, "/metrics").await;
-    assert_eq!(
-        plain.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
-    );
-    assert!(plain.headers().get("content-encoding").is_none());
-    let plain = plain.text().await.unwrap();
-
-    let gz = client()
-        .get(format!("http://{addr}/metrics"))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(gz.headers()["content-encoding"], "gzip");
-    assert_eq!(gz.headers()["vary"], "accept-encoding");
-    let bytes = gz.bytes().await.unwrap();
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(&bytes[..])
-        .read_to_string(&mut text)
-        .unwrap();
-    assert!(bytes.len() < text.len());
-    let line = r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="test"} 1"#;
-    assert!(plain.contains(line) && text.contains(line));
-
-    let refused = client()
-        .get(format!("http://{addr}/metrics"))
-        .header("accept-encoding", "gzip;q=0, br")
-        .send()
-        .await
-        .unwrap();
-    assert!(refused.headers().get("content-encoding").is_none());
+    contract::check_metrics_encoding(&base(addr), "test").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_exposition() {
     let (_observe, addr) = start().await;
-    for path in [
+    let paths = [
         "/users/1",
         "/fail",
         "/api/items/2",
         "/nope",
         "/stream?chunks=2",
-    ] {
-        get_ok(addr, path).await;
-    }
-    let text = get_ok(addr, "/metrics").await.text().await.unwrap();
-    assert!(text.contains("process_resident_memory_bytes"));
-    assert_promtool_accepts(&text);
+    ];
+    contract::check_promtool_accepts(&base(addr), &paths).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
