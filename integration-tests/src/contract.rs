@@ -512,14 +512,7 @@ pub async fn check_promtool_accepts(base_url: &str, paths: &[&str]) -> String {
         send(base_url, "GET", path).await;
     }
     send(base_url, "BREW", "/users/1").await;
-    let text = client()
-        .get(format!("{base_url}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape_text(base_url).await;
     assert!(text.contains("process_resident_memory_bytes"));
     assert_promtool_accepts(&text);
     text
@@ -559,15 +552,19 @@ async fn send_request(
 
 /// `GET /metrics` from `base_url`, parsed.
 pub async fn scrape(base_url: &str) -> Vec<Sample> {
-    let text = client()
+    parse_exposition(&scrape_text(base_url).await)
+}
+
+/// `GET /metrics` from `base_url`, as served.
+pub async fn scrape_text(base_url: &str) -> String {
+    client()
         .get(format!("{base_url}/metrics"))
         .send()
         .await
         .expect("scrape")
         .text()
         .await
-        .expect("exposition text");
-    parse_exposition(&text)
+        .expect("exposition text")
 }
 
 /// Scrapes `base_url` until `check` holds (a dropped connection is recorded on the server's

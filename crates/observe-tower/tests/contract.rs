@@ -215,14 +215,7 @@ async fn routes_named_while_metrics_are_scraped_are_always_exposed_with_their_na
             tokio::spawn(async move {
                 let mut scrapes = 0;
                 while !done.load(std::sync::atomic::Ordering::Acquire) {
-                    let text = client()
-                        .get(format!("http://{addr}/metrics"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .text()
-                        .await
-                        .unwrap();
+                    let text = contract::scrape_text(&base(addr)).await;
                     let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
                     let names: std::collections::HashSet<&str> = samples
                         .iter()
