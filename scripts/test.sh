@@ -36,11 +36,13 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 # The workspace build above unifies features, so a crate that breaks with a feature set a user
 # can pick (observe-tower without axum, with tonic only, observe-actix without pprof) would go
-# unseen: lint each library alone with each of its feature sets.
+# unseen: lint each library alone with each of its feature sets (every feature alone, and none).
 echo "== cargo clippy, each feature set of each library"
-for spec in observe-core: observe-core:pprof observe-core:heap \
-  observe-tower: observe-tower:axum observe-tower:tonic observe-tower:pprof observe-tower:heap \
-  observe-actix: observe-actix:pprof observe-actix:heap; do
+for spec in observe-core: \
+  observe-pprof: observe-pprof:jemalloc-heap-profile \
+  observe-tower: observe-tower:axum observe-tower:tonic observe-tower:pprof \
+  observe-tower:jemalloc-heap-profile \
+  observe-actix: observe-actix:pprof observe-actix:jemalloc-heap-profile; do
   package=${spec%%:*}
   features=${spec#*:}
   echo "   $package --no-default-features ${features:+--features $features}"

@@ -4,7 +4,8 @@
 //! framework-specific tests share.
 //!
 //! Every framework's test app serves the routes the cases name: `GET /users/{id}`,
-//! `GET /health`, `GET /fail` (answers 500), `POST /echo`, any method on `/any`,
+//! `GET /health`, `GET /fail` (answers 500), `POST /echo` (answers the body it read),
+//! `POST /ignore-body` (answers `ignored` and never reads the body), any method on `/any`,
 //! `GET /api/items/{id}`, `GET /api/v{version}/items/{id}`, `GET /api/v{version}/status`,
 //! `GET /slow?ms=N` and the excluded `GET /metrics`.
 
@@ -447,6 +448,85 @@ pub async fn check_client_that_gives_up(base_url: &str) {
     .await;
     assert_eq!(slow(&s, "499"), 1.0, "recorded as 499");
     assert_eq!(slow(&s, "200"), 0.0, "not as the response nobody received");
+}
+
+/// Body sizes are the bytes transferred, for the app at `base_url`: the request size is what
+/// the handler read (a `Content-Length` upload and a chunked one without a length to trust,
+/// nothing for a body the handler ignored or a `GET`), the response size what was sent.
+pub async fn check_body_sizes(base_url: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let res = client()
+        .post(format!("{base_url}/echo"))
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(res.bytes().await.expect("echo").len(), 1000);
+    // A chunked upload of 10 x 300 bytes, written on the socket: no Content-Length.
+    let addr = base_url.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut upload = b"POST /echo HTTP/1.1\r\nHost: test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..10 {
+        upload.extend_from_slice(b"12c\r\n");
+        upload.extend_from_slice(&[b'y'; 300]);
+        upload.extend_from_slice(b"\r\n");
+    }
+    upload.extend_from_slice(b"0\r\n\r\n");
+    tcp.write_all(&upload).await.expect("chunked upload");
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.expect("echo");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let res = client()
+        .post(format!("{base_url}/ignore-body"))
+        .body(vec![b'z'; 500])
+        .send()
+        .await
+        .expect("ignored upload");
+    assert_eq!(res.text().await.expect("body"), "ignored");
+    assert_eq!(send(base_url, "GET", "/users/1").await, 200);
+
+    let s = eventually(base_url, "the uploads are recorded", |s| {
+        value(
+            s,
+            "http_server_request_body_size_bytes_count",
+            &[("http_route", "/echo")],
+        ) == 2.0
+    })
+    .await;
+    let echo = [("http_route", "/echo")];
+    let echo_sum = |name| value(&s, name, &echo);
+    assert_eq!(echo_sum("http_server_request_body_size_bytes_sum"), 4000.0);
+    assert_eq!(echo_sum("http_server_response_body_size_bytes_sum"), 4000.0);
+    // 1000 B falls in le=1024, 3000 B in le=4096.
+    let request_bucket = |le| {
+        let labels = [("http_route", "/echo"), ("le", le)];
+        value(&s, "http_server_request_body_size_bytes_bucket", &labels)
+    };
+    assert_eq!(request_bucket("1024"), 1.0);
+    assert_eq!(request_bucket("4096"), 2.0);
+    let ignored = [("http_route", "/ignore-body")];
+    assert_eq!(
+        value(&s, "http_server_request_body_size_bytes_sum", &ignored),
+        0.0
+    );
+    assert_eq!(
+        value(&s, "http_server_request_body_size_bytes_count", &ignored),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "http_server_response_body_size_bytes_sum", &ignored),
+        7.0
+    );
+    let users = [("http_route", "/users/{id}")];
+    assert_eq!(
+        value(&s, "http_server_request_body_size_bytes_sum", &users),
+        0.0
+    );
 }
 
 /// `/metrics` of the app at `base_url`, whose metrics carry `service="{service}"`: plain text

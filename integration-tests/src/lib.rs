@@ -8,6 +8,7 @@
 //! own `tests/contract.rs` run against their test apps.
 
 pub mod allocations;
+pub mod bench;
 pub mod contract;
 mod dashboard;
 mod profiling;

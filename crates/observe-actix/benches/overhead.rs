@@ -18,6 +18,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::{test, web, App, Error};
 use criterion::{criterion_group, criterion_main, Criterion};
+use integration_tests::bench::paired;
 use observe_actix::Observe;
 
 fn api(config: &mut web::ServiceConfig) {
@@ -55,29 +56,6 @@ where
     start.elapsed()
 }
 
-/// `iters` requests through each app, alternating in blocks; returns the time `with` took
-/// beyond `without`.
-async fn paired<S, T, B, C>(without: &S, with: &T, iters: u64, path: &'static str) -> Duration
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = Error>,
-    T: Service<actix_http::Request, Response = ServiceResponse<C>, Error = Error>,
-    B: MessageBody,
-    C: MessageBody,
-{
-    let (mut bare, mut wrapped) = (Duration::ZERO, Duration::ZERO);
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(PAIRED_BLOCK);
-        bare += drive(without, n, path).await;
-        wrapped += drive(with, n, path).await;
-        left -= n;
-    }
-    wrapped.saturating_sub(bare)
-}
-
-/// Requests per block in the paired `actix_added*` benchmarks (about a millisecond).
-const PAIRED_BLOCK: u64 = 1000;
-
 fn overhead(c: &mut Criterion) {
     let system = actix_web::rt::System::new();
     let bare = system.block_on(test::init_service(App::new().configure(api)));
@@ -100,7 +78,13 @@ fn overhead(c: &mut Criterion) {
         // The difference itself, measured in pairs: blocks of requests alternate between the
         // two apps, so the machine's drift between two benchmarks cannot enter it.
         group.bench_function(format!("actix_added{name}"), |b| {
-            b.iter_custom(|iters| system.block_on(paired(&bare, &observed, iters, path)))
+            b.iter_custom(|iters| {
+                system.block_on(paired(
+                    iters,
+                    |n| drive(&bare, n, path),
+                    |n| drive(&observed, n, path),
+                ))
+            })
         });
     }
     // The least any recording middleware must do through the same `wrap`: read the clock when
@@ -112,7 +96,13 @@ fn overhead(c: &mut Criterion) {
         b.iter_custom(|iters| system.block_on(drive(&floor, iters, "/users/42")))
     });
     group.bench_function("actix_floor_added", |b| {
-        b.iter_custom(|iters| system.block_on(paired(&bare, &floor, iters, "/users/42")))
+        b.iter_custom(|iters| {
+            system.block_on(paired(
+                iters,
+                |n| drive(&bare, n, "/users/42"),
+                |n| drive(&floor, n, "/users/42"),
+            ))
+        })
     });
     group.finish();
 }

@@ -5,7 +5,7 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
-use observe_core::{ByteTally, ResponseRecord};
+use observe_core::adapter::{BodyTracker, ByteTally, Polled, ResponseRecord};
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -17,21 +17,18 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        record: Option<ResponseRecord>,
+        tracker: BodyTracker,
     }
 }
 
 impl<B: MessageBody> ResponseBody<B> {
-    pub(crate) fn new(inner: B, mut record: Option<ResponseRecord>) -> Self {
-        // actix never polls an empty body (`BodySize::None`, `Sized(0)`): the response is
-        // complete as soon as it exists. A HEAD response sends no body bytes at all.
-        let bodiless = record.as_ref().is_some_and(ResponseRecord::is_bodiless);
-        if bodiless || matches!(inner.size(), BodySize::None | BodySize::Sized(0)) {
-            if let Some(record) = record.take() {
-                record.finish();
-            }
+    pub(crate) fn new(inner: B, record: Option<ResponseRecord>) -> Self {
+        // actix never polls an empty body (`BodySize::None`, `Sized(0)`).
+        let empty = matches!(inner.size(), BodySize::None | BodySize::Sized(0));
+        ResponseBody {
+            inner,
+            tracker: BodyTracker::new(record, empty),
         }
-        ResponseBody { inner, record }
     }
 }
 
@@ -49,31 +46,30 @@ impl<B: MessageBody> MessageBody for ResponseBody<B> {
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.project();
         let item = ready!(this.inner.poll_next(cx));
-        match &item {
-            Some(Ok(chunk)) => {
-                if let Some(record) = this.record {
-                    record.add_response_bytes(chunk.len() as u64);
-                }
-            }
-            Some(Err(_)) => this.record.take().map_or((), ResponseRecord::fail),
-            None => this.record.take().map_or((), ResponseRecord::finish),
-        }
+        this.tracker.polled(match &item {
+            Some(Ok(chunk)) => Polled::Data {
+                bytes: chunk.len() as u64,
+                last: false,
+            },
+            Some(Err(_)) => Polled::Error,
+            None => Polled::End,
+        });
         Poll::Ready(item)
     }
 
     /// Handing the whole body over at once is its end: boxing it (`BoxBody::new`) or
     /// collecting it stays allocation-free and the record finishes with the body's length.
     fn try_into_bytes(self) -> Result<Bytes, Self> {
-        let ResponseBody { inner, mut record } = self;
+        let ResponseBody { inner, mut tracker } = self;
         match inner.try_into_bytes() {
             Ok(bytes) => {
-                if let Some(mut record) = record.take() {
-                    record.add_response_bytes(bytes.len() as u64);
-                    record.finish();
-                }
+                tracker.polled(Polled::Data {
+                    bytes: bytes.len() as u64,
+                    last: true,
+                });
                 Ok(bytes)
             }
-            Err(inner) => Err(ResponseBody { inner, record }),
+            Err(inner) => Err(ResponseBody { inner, tracker }),
         }
     }
 }

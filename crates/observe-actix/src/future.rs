@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::Error;
-use observe_core::RequestRecord;
+use observe_core::adapter::RequestRecord;
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;

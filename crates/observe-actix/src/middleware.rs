@@ -29,20 +29,12 @@ use crate::service::ObserveMiddleware;
 ///
 /// Wrap the `App` (not a scope) so that every request, including unmatched ones, is recorded
 /// and `http_route` is the full template through `web::scope` nesting.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Observe {
     pub(crate) metrics: HttpMetrics,
     /// What `routes()` serves under `/debug/pprof`; `None`: nothing.
     #[cfg(feature = "pprof")]
-    pub(crate) pprof: Option<observe_core::profiling::Pprof>,
-}
-
-impl std::fmt::Debug for Observe {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Observe")
-            .field("service", &self.metrics.service())
-            .finish()
-    }
+    pub(crate) pprof: Option<observe_pprof::Pprof>,
 }
 
 impl Observe {
@@ -67,7 +59,7 @@ impl From<HttpMetrics> for Observe {
         Observe {
             metrics,
             #[cfg(feature = "pprof")]
-            pprof: Some(observe_core::profiling::Pprof::new()),
+            pprof: Some(observe_pprof::Pprof::new()),
         }
     }
 }

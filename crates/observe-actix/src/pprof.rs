@@ -1,11 +1,9 @@
-//! `/debug/pprof/*` for actix-web: mounts observe-core's [`Pprof`] (see `docs/pprof.md`).
+//! `/debug/pprof/*` for actix-web: mounts observe-pprof's [`Pprof`] (see `docs/pprof.md`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use futures_util::future::{select, Either};
-
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
-use observe_core::profiling::{self, AccessRequest, Pprof, PprofRequest};
+use observe_pprof::{AccessRequest, Pprof, ProfileJob};
 
 use crate::connection::ClientSocket;
 use crate::middleware::Observe;
@@ -21,7 +19,7 @@ impl Observe {
     /// let token = std::env::var("PPROF_TOKEN").unwrap_or_else(|_| "change-me".into());
     /// let observe = Observe::new("checkout")
     ///     .with_pprof(Pprof::builder().access(Access::bearer_token(token)?).build());
-    /// # Ok::<(), observe_actix::observe_core::profiling::PprofError>(())
+    /// # Ok::<(), observe_actix::observe_pprof::PprofError>(())
     /// ```
     pub fn with_pprof(mut self, pprof: Pprof) -> Self {
         self.pprof = Some(pprof);
@@ -91,34 +89,23 @@ pub fn serve_pprof_on_loopback(port: u16, pprof: Pprof) -> std::io::Result<Socke
 async fn serve(pprof: Pprof, req: HttpRequest) -> HttpResponse {
     let profile = req.match_info().get("profile").unwrap_or("");
     let peer = req.peer_addr().map(|addr| addr.ip());
-    let mut access = AccessRequest::new(req.path(), peer);
-    for (name, value) in req.headers() {
-        if let Ok(value) = value.to_str() {
-            access = access.with_header(name.as_str(), value);
-        }
-    }
+    let headers = req.headers().iter();
+    let access = AccessRequest::new(req.path(), peer)
+        .with_headers(headers.map(|(name, value)| (name.as_str(), value.as_bytes())));
     let query = Some(req.query_string()).filter(|q| !q.is_empty());
-    let job = match pprof.handle(&access, profile, query) {
-        PprofRequest::Ready(answer) => return into_response(answer),
-        PprofRequest::Blocking(job) => job,
-    };
-    // Dropped with this future (actix drops the request), or when the client leaves: the
-    // profile stops early.
-    let cancel = job.cancel_on_drop();
+    let run = |job: ProfileJob| web::block(move || job.run());
+    // actix drops this future only when the connection fails; a client that closed its side
+    // is seen on the socket (with `on_connect` installed).
     let socket = ClientSocket::of(&req);
-    let work = web::block(move || job.run());
-    let answer = match socket {
-        Some(socket) => match select(Box::pin(work), Box::pin(socket.closed())).await {
-            Either::Left((answer, _)) => answer,
-            Either::Right(((), work)) => {
-                drop(cancel);
-                work.await
-            }
-        },
-        None => work.await,
+    let client_gone = async move {
+        match socket {
+            Some(socket) => socket.closed().await,
+            None => std::future::pending().await,
+        }
     };
-    match answer {
-        Ok(answer) => into_response(answer),
-        Err(e) => into_response(profiling::error(500, &format!("profiling failed: {e}"))),
-    }
+    into_response(
+        pprof
+            .answer(&access, profile, query, run, client_gone)
+            .await,
+    )
 }

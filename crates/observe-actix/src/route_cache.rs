@@ -16,7 +16,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use actix_web::dev::{Path, ResourceMap, ServiceRequest, Url};
 use actix_web::http::Uri;
 use actix_web::HttpRequest;
-use observe_core::{HttpMetrics, MetricsId, RouteId};
+use observe_core::adapter::{MetricsId, RouteId};
+use observe_core::HttpMetrics;
 
 /// At most this many shapes are remembered per worker. Only fully routed requests are looked
 /// up, whose shapes are as many as the app's resources; the cap only guards against a shape

@@ -1,7 +1,8 @@
 use actix_web::http::header::{HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_TYPE};
 use actix_web::http::StatusCode;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
-use observe_core::{Answer, MetricsEncoder};
+use observe_core::adapter::Answer;
+use observe_core::MetricsEncoder;
 
 use crate::middleware::Observe;
 

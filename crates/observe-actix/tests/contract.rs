@@ -83,9 +83,6 @@ fn api(config: &mut web::ServiceConfig) {
         .service(web::resource("/slow").route(get().to(slow)))
         .service(web::resource("/stream").route(get().to(stream)))
         .service(web::resource("/panic").route(get().to(panics)))
-        .service(web::resource("/upload").route(
-            web::post().to(|body: Bytes| async move { format!("read {} bytes\n", body.len()) }),
-        ))
         .service(web::resource("/ignore-body").route(web::post().to(|| async { "ignored" })))
         .service(web::resource("/healthz").route(get().to(|| async { "ok" })))
         // A service mounted on a prefix: its label is the prefix.
@@ -386,75 +383,7 @@ async fn the_active_gauge_counts_in_flight_requests_and_returns_to_zero() {
 #[tokio::test]
 async fn body_sizes_are_the_bytes_transferred() {
     let server = start("sizes");
-    let res = client()
-        .post(url(&server, "/upload"))
-        .body(vec![b'x'; 1000])
-        .send()
-        .await
-        .expect("upload");
-    assert_eq!(res.text().await.expect("body"), "read 1000 bytes\n");
-    // A chunked upload, in three pieces.
-    let pieces: Vec<Result<Bytes, std::io::Error>> = vec![
-        Ok(Bytes::from(vec![1; 300])),
-        Ok(Bytes::from(vec![2; 200])),
-        Ok(Bytes::from(vec![3; 24])),
-    ];
-    let res = client()
-        .post(url(&server, "/upload"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            pieces,
-        )))
-        .send()
-        .await
-        .expect("chunked upload");
-    assert_eq!(res.text().await.expect("body"), "read 524 bytes\n");
-    // The handler never reads this body: nothing was transferred to it.
-    let res = client()
-        .post(url(&server, "/ignore-body"))
-        .body(vec![b'y'; 500])
-        .send()
-        .await
-        .expect("ignored upload");
-    assert_eq!(res.text().await.expect("body"), "ignored");
-    let s = scrape(&server.base_url).await;
-    let upload = [
-        ("http_route", "/upload"),
-        ("http_response_status_code", "200"),
-    ];
-    assert_eq!(
-        value(&s, "http_server_request_body_size_bytes_sum", &upload),
-        1524.0
-    );
-    assert_eq!(
-        value(&s, "http_server_request_body_size_bytes_count", &upload),
-        2.0
-    );
-    let sent = "read 1000 bytes\n".len() + "read 524 bytes\n".len();
-    assert_eq!(
-        value(&s, "http_server_response_body_size_bytes_sum", &upload),
-        sent as f64
-    );
-    let ignored = [("http_route", "/ignore-body")];
-    assert_eq!(
-        value(&s, "http_server_request_body_size_bytes_sum", &ignored),
-        0.0
-    );
-    assert_eq!(
-        value(&s, "http_server_response_body_size_bytes_sum", &ignored),
-        7.0
-    );
-    // GET requests have no payload at all.
-    assert_eq!(send(&server.base_url, "GET", "/users/1").await, 200);
-    let s = scrape(&server.base_url).await;
-    let users = [("http_route", "/users/{id}")];
-    assert_eq!(
-        value(&s, "http_server_request_body_size_bytes_sum", &users),
-        0.0
-    );
-    assert_eq!(
-        value(&s, "http_server_response_body_size_bytes_sum", &users),
-        5.0
-    );
+    contract::check_body_sizes(&server.base_url).await;
 }
 
 #[tokio::test]

@@ -7,8 +7,8 @@ use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
 use crate::error::ObserveError;
 use crate::histogram::{Bounds, HistogramSnapshot};
 use crate::labels::{MethodLabel, METHOD, ROUTE, SERVICE, STATUS};
-use crate::metrics::{Histogram, Owner, State};
-use crate::routes::read;
+use crate::state::{Histogram, Owner, State};
+use crate::sync::read;
 
 pub(crate) const DURATION: &str = "http_server_request_duration_seconds";
 pub(crate) const REQUESTS: &str = "http_server_requests_total";

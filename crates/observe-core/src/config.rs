@@ -5,7 +5,6 @@ use prometheus::Registry;
 
 use crate::error::ObserveError;
 use crate::labels::{is_valid_label_name, METHOD, ROUTE, SERVICE, STATUS};
-use crate::metrics::HttpMetrics;
 
 /// Default `http_server_request_duration_seconds` buckets, in seconds (OpenTelemetry HTTP
 /// semantic conventions).
@@ -16,6 +15,16 @@ pub const DEFAULT_DURATION_BUCKETS: [f64; 14] = [
 /// Default body size buckets, in bytes: powers of four from 64 B to 16 MiB.
 pub const DEFAULT_SIZE_BUCKETS: [f64; 10] = [
     64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+
+/// Routes not recorded by default: observe's own, `/metrics` and the `/debug/pprof` routes of
+/// `observe-pprof` (excluded whether or not they are mounted, so turning the adapters' `pprof`
+/// feature on or off never changes what is counted).
+pub const DEFAULT_EXCLUDED_ROUTES: [&str; 4] = [
+    "/metrics",
+    "/debug/pprof",
+    "/debug/pprof/",
+    "/debug/pprof/{profile}",
 ];
 
 /// Default cap on distinct `http_route` values per service; more land in `_overflow`.
@@ -39,7 +48,7 @@ pub const DEFAULT_MAX_ROUTES: usize = 1000;
 /// ```
 #[derive(Debug)]
 #[must_use]
-pub struct ObserveBuilder<T = HttpMetrics> {
+pub struct ObserveBuilder<T> {
     pub(crate) service: String,
     pub(crate) duration_buckets: Vec<f64>,
     pub(crate) size_buckets: Vec<f64>,
@@ -51,7 +60,7 @@ pub struct ObserveBuilder<T = HttpMetrics> {
     output: PhantomData<fn() -> T>,
 }
 
-impl<T: From<HttpMetrics>> ObserveBuilder<T> {
+impl<T> ObserveBuilder<T> {
     /// Starts from the defaults: OpenTelemetry buckets, a fresh registry with process
     /// metrics, `/metrics` excluded, size histograms on, at most 1000 routes.
     pub fn new(service: impl Into<String>) -> Self {
@@ -61,7 +70,7 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
             size_buckets: DEFAULT_SIZE_BUCKETS.to_vec(),
             const_labels: BTreeMap::new(),
             registry: None,
-            excluded_routes: default_excluded_routes(),
+            excluded_routes: DEFAULT_EXCLUDED_ROUTES.map(str::to_owned).to_vec(),
             size_histograms: true,
             max_routes: DEFAULT_MAX_ROUTES,
             output: PhantomData,
@@ -114,7 +123,7 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
     }
 
     /// Route templates whose requests are not recorded at all. Replaces the default
-    /// (`["/metrics"]`, plus the `/debug/pprof` routes with the `pprof` feature); pass an
+    /// ([`DEFAULT_EXCLUDED_ROUTES`]: `/metrics` and the `/debug/pprof` routes); pass an
     /// empty list to record everything.
     pub fn exclude_routes<I, S>(mut self, routes: I) -> Self
     where
@@ -141,25 +150,6 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
         self.max_routes = max_routes;
         Ok(self)
     }
-
-    /// Registers the metric families and returns the configured middleware.
-    ///
-    /// Fails when the registry already holds this service's metrics.
-    pub fn build(self) -> Result<T, ObserveError> {
-        HttpMetrics::from_builder(self).map(T::from)
-    }
-}
-
-fn default_excluded_routes() -> Vec<String> {
-    #[allow(unused_mut)]
-    let mut routes = vec!["/metrics".to_owned()];
-    #[cfg(feature = "pprof")]
-    routes.extend(
-        crate::profiling::PPROF_ROUTES
-            .iter()
-            .map(|r| (*r).to_owned()),
-    );
-    routes
 }
 
 fn validate_buckets(metric: &'static str, bounds: &[f64]) -> Result<(), ObserveError> {
@@ -183,7 +173,7 @@ fn validate_buckets(metric: &'static str, bounds: &[f64]) -> Result<(), ObserveE
 mod tests {
     use super::*;
 
-    fn builder() -> ObserveBuilder<HttpMetrics> {
+    fn builder() -> ObserveBuilder<crate::HttpMetrics> {
         ObserveBuilder::new("svc")
     }
 

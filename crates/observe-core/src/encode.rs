@@ -4,8 +4,8 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use prometheus::{Encoder, Registry, TextEncoder};
 
+use crate::answer::Answer;
 use crate::error::ObserveError;
-use crate::Answer;
 
 /// `Content-Type` of the Prometheus text exposition format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -10,7 +10,7 @@ pub(crate) const STATUS: &str = "http_response_status_code";
 /// ten values whatever clients send.
 ///
 /// ```
-/// use observe_core::MethodLabel;
+/// use observe_core::adapter::MethodLabel;
 /// assert_eq!(MethodLabel::from_method("PATCH").as_str(), "PATCH");
 /// assert_eq!(MethodLabel::from_method("PURGE").as_str(), "_OTHER");
 /// assert_eq!(MethodLabel::from_method("get").as_str(), "_OTHER"); // methods are case-sensitive

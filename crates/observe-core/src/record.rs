@@ -3,8 +3,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::labels::MethodLabel;
-use crate::metrics::{MetricsId, Observation, SeriesKey};
 use crate::routes::RouteId;
+use crate::state::{with_state, Observation, SeriesKey};
 
 /// Status recorded for a client that went away before the response body was complete.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -14,7 +14,7 @@ pub const INTERNAL_SERVER_ERROR: u16 = 500;
 /// A request in flight, before its response exists: the first half of the guard that records
 /// one request exactly once.
 ///
-/// Created by [`MetricsId::start`]. It ends in exactly one way,
+/// Created by [`MetricsId::start`](crate::adapter::MetricsId::start). It ends in exactly one way,
 /// and each way takes it by value, so a request can be recorded only once whatever an adapter
 /// calls:
 ///
@@ -68,8 +68,9 @@ pub struct ResponseRecord {
 /// What both halves carry; recorded once, by [`Recording::record`] or on drop.
 #[derive(Debug)]
 struct Recording {
-    /// Found again when the request ends: a request in flight holds no reference count.
-    metrics: MetricsId,
+    /// Its metrics' state id, found again when the request ends: a request in flight holds
+    /// no reference count.
+    metrics: u64,
     started: Instant,
     method: MethodLabel,
     route: RouteId,
@@ -100,7 +101,7 @@ impl ByteTally {
 impl RequestRecord {
     /// Starts the clock; the caller has counted the request in flight.
     #[inline]
-    pub(crate) fn new(metrics: MetricsId, method: MethodLabel, route: RouteId) -> Self {
+    pub(crate) fn new(metrics: u64, method: MethodLabel, route: RouteId) -> Self {
         RequestRecord {
             recording: Recording {
                 metrics,
@@ -128,7 +129,7 @@ impl RequestRecord {
     }
 
     /// Sets the route once the framework knows it (actix matches after middleware runs), from
-    /// [`HttpMetrics::route`](crate::HttpMetrics::route) or [`MetricsId::route`]. An excluded
+    /// [`HttpMetrics::route`](crate::HttpMetrics::route) or [`MetricsId::route`](crate::adapter::MetricsId::route). An excluded
     /// route leaves the request unrecorded (it still leaves the in-flight gauge when it ends).
     #[inline]
     pub fn set_route(&mut self, route: RouteId) {
@@ -216,9 +217,7 @@ impl Recording {
             response_bytes: self.response_bytes,
         });
         // Closed metrics (nobody can read them any more) take nothing.
-        crate::cache::with_state(self.metrics.get(), |state| {
-            state.finish(self.method, observation)
-        });
+        with_state(self.metrics, |state| state.finish(self.method, observation));
     }
 }
 
@@ -465,7 +464,7 @@ mod tests {
         let metrics = HttpMetrics::new("t");
         let (id, registry) = (metrics.id(), metrics.registry().clone());
         drop(metrics);
-        let two = |id: crate::MetricsId| {
+        let two = |id: crate::adapter::MetricsId| {
             std::thread::spawn(move || {
                 (0..2)
                     .filter_map(|_| id.start("GET", Some("/x")))

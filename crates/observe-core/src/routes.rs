@@ -1,5 +1,10 @@
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use crate::sync::{cache_slot, read, write, CACHE_SLOTS};
 
 /// `http_route` value of a request that matched no route template (404 fallback, scanners).
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -49,7 +54,7 @@ impl RouteTable {
             ids.insert(Arc::from(route.as_str()), RouteId::EXCLUDED);
         }
         RouteTable {
-            id: crate::cache::new_table_id(),
+            id: new_table_id(),
             ids: RwLock::new(ids),
             excluded: excluded.iter().map(|r| r.as_str().into()).collect(),
             names: RwLock::new(vec![Arc::from(UNMATCHED_ROUTE), Arc::from(OVERFLOW_ROUTE)]),
@@ -61,7 +66,7 @@ impl RouteTable {
         let Some(template) = template else {
             return RouteId::UNMATCHED;
         };
-        crate::cache::route(self.id, template, || {
+        cached(self.id, template, || {
             // Bound first: a read guard alive in a match would deadlock `insert`.
             let known = read(&self.ids)
                 .get_key_value(template)
@@ -109,13 +114,46 @@ impl RouteTable {
     }
 }
 
-/// Locks never poison observe's state: every critical section leaves it consistent.
-pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
+type RouteSlot = Option<(u64, Arc<str>, RouteId)>;
+
+thread_local! {
+    /// Per-thread memo of template -> [`RouteId`], keyed by table id (never reused, and routes
+    /// are never removed, so an entry is never stale). A hit takes no lock: under load, worker
+    /// threads do not contend on the table's lock word (`docs/performance.md`).
+    static ROUTES: RefCell<[RouteSlot; CACHE_SLOTS]> =
+        const { RefCell::new([const { None }; CACHE_SLOTS]) };
 }
 
-pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
+/// A fresh id for a route table; ids are never reused.
+fn new_table_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The cached id of `template` in table `table`, or `miss()`'s answer, remembered when it
+/// returns the interned name too.
+#[inline]
+fn cached(
+    table: u64,
+    template: &str,
+    miss: impl FnOnce() -> (RouteId, Option<Arc<str>>),
+) -> RouteId {
+    let slot = cache_slot(
+        table,
+        foldhash::fast::FixedState::default().hash_one(template),
+    );
+    let hit = ROUTES.try_with(|cache| match &cache.borrow()[slot] {
+        Some((t, name, id)) if *t == table && **name == *template => Some(*id),
+        _ => None,
+    });
+    if let Ok(Some(id)) = hit {
+        return id;
+    }
+    let (id, name) = miss();
+    if let Some(name) = name {
+        let _ = ROUTES.try_with(|cache| cache.borrow_mut()[slot] = Some((table, name, id)));
+    }
+    id
 }
 
 #[cfg(test)]

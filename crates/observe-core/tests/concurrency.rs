@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use observe_core::{HttpMetrics, MetricsEncoder, ResponseRecord};
+use observe_core::adapter::ResponseRecord;
+use observe_core::{HttpMetrics, MetricsEncoder};
 
 const DURATION: &str = "http_server_request_duration_seconds";
 const REQUESTS: &str = "http_server_requests_total";

@@ -22,6 +22,7 @@ use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
+use integration_tests::bench::paired;
 use observe_tower::ObserveLayer;
 use tower::{Service, ServiceExt};
 
@@ -115,8 +116,15 @@ where
     }
 }
 
-/// Requests per block in the paired `axum_added` benchmark (about half a millisecond).
-const PAIRED_BLOCK: u64 = 1000;
+/// `n` requests through a clone of `router` (as `axum::serve` clones it per connection).
+async fn drive_n(router: &Router, n: u64) -> Duration {
+    let mut svc = router.clone();
+    let start = Instant::now();
+    for _ in 0..n {
+        drive(&mut svc).await;
+    }
+    start.elapsed()
+}
 
 fn overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -138,28 +146,8 @@ fn overhead(c: &mut Criterion) {
     // routers, so the machine's drift between two benchmarks cannot enter it.
     let (without, with) = (served(router()), served(router().layer(observe.clone())));
     group.bench_function("axum_added", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let (mut without, mut with) = (without.clone(), with.clone());
-            async move {
-                let (mut bare, mut observed) = (Duration::ZERO, Duration::ZERO);
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(PAIRED_BLOCK);
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        drive(&mut without).await;
-                    }
-                    bare += start.elapsed();
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        drive(&mut with).await;
-                    }
-                    observed += start.elapsed();
-                    left -= n;
-                }
-                observed.saturating_sub(bare)
-            }
-        })
+        b.to_async(&rt)
+            .iter_custom(|iters| paired(iters, |n| drive_n(&without, n), |n| drive_n(&with, n)))
     });
     // The layer wrapped around the whole router, given the route by a function: what it costs
     // without axum's per-layer boxing. Not a way to use it (outside the router there is no

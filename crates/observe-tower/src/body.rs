@@ -3,7 +3,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
-use observe_core::{ByteTally, RequestRecord, ResponseRecord};
+use observe_core::adapter::{BodyTracker, ByteTally, Polled, RequestRecord, ResponseRecord};
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -15,21 +15,15 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        record: Option<ResponseRecord>,
+        tracker: BodyTracker,
     }
 }
 
 impl<B: Body> ResponseBody<B> {
-    pub(crate) fn new(inner: B, mut record: Option<ResponseRecord>) -> Self {
-        // Hyper never polls a body that is already at its end, nor the body of a HEAD, 204
-        // or 304 response: the response is complete as soon as it exists.
-        let bodiless = record.as_ref().is_some_and(ResponseRecord::is_bodiless);
-        if bodiless || inner.is_end_stream() {
-            if let Some(record) = record.take() {
-                record.finish();
-            }
-        }
-        ResponseBody { inner, record }
+    pub(crate) fn new(inner: B, record: Option<ResponseRecord>) -> Self {
+        // Hyper never polls a body that is already at its end.
+        let tracker = BodyTracker::new(record, inner.is_end_stream());
+        ResponseBody { inner, tracker }
     }
 }
 
@@ -43,22 +37,15 @@ impl<B: Body> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        let Some(record) = this.record.as_mut() else {
-            return Poll::Ready(frame);
-        };
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    record.add_response_bytes(data.remaining() as u64);
-                }
-                if this.inner.is_end_stream() {
-                    if let Some(record) = this.record.take() {
-                        record.finish();
-                    }
-                }
-            }
-            Some(Err(_)) => this.record.take().map_or((), ResponseRecord::fail),
-            None => this.record.take().map_or((), ResponseRecord::finish),
+        if this.tracker.is_recording() {
+            this.tracker.polled(match &frame {
+                Some(Ok(frame)) => Polled::Data {
+                    bytes: frame.data_ref().map_or(0, |d| d.remaining() as u64),
+                    last: this.inner.is_end_stream(),
+                },
+                Some(Err(_)) => Polled::Error,
+                None => Polled::End,
+            });
         }
         Poll::Ready(frame)
     }

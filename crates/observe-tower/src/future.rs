@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::Response;
-use observe_core::{MetricsId, RequestRecord};
+use observe_core::adapter::{MetricsId, RequestRecord};
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;

@@ -7,7 +7,16 @@ use tower_layer::Layer;
 use crate::service::Observe;
 
 /// A route function: the template of a request, borrowed from it, or `None` for unmatched.
-pub(crate) type RouteFn = dyn for<'a> Fn(&'a Parts) -> Option<&'a str> + Send + Sync;
+#[derive(Clone)]
+pub(crate) struct RouteFn(pub(crate) Arc<RouteFnDyn>);
+
+type RouteFnDyn = dyn for<'a> Fn(&'a Parts) -> Option<&'a str> + Send + Sync;
+
+impl std::fmt::Debug for RouteFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteFn")
+    }
+}
 
 /// The tower [`Layer`] that records per-route RED metrics.
 ///
@@ -33,22 +42,13 @@ pub(crate) type RouteFn = dyn for<'a> Fn(&'a Parts) -> Option<&'a str> + Send + 
 /// every request): they record while the metrics can be read, that is while `routes()`, the
 /// registry or a clone of the layer is alive. Mount `routes()` (or keep the registry you gave
 /// the builder) as a server does.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ObserveLayer {
     pub(crate) metrics: HttpMetrics,
-    pub(crate) route_fn: Option<Arc<RouteFn>>,
+    pub(crate) route_fn: Option<RouteFn>,
     /// What `routes()` serves under `/debug/pprof`; `None`: nothing.
     #[cfg(feature = "pprof")]
-    pub(crate) pprof: Option<observe_core::profiling::Pprof>,
-}
-
-impl std::fmt::Debug for ObserveLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObserveLayer")
-            .field("service", &self.metrics.service())
-            .field("route_fn", &self.route_fn.is_some())
-            .finish()
-    }
+    pub(crate) pprof: Option<observe_pprof::Pprof>,
 }
 
 impl ObserveLayer {
@@ -74,7 +74,7 @@ impl ObserveLayer {
     where
         F: for<'a> Fn(&'a Parts) -> Option<&'a str> + Send + Sync + 'static,
     {
-        self.route_fn = Some(Arc::new(route_fn));
+        self.route_fn = Some(RouteFn(Arc::new(route_fn)));
         self
     }
 
@@ -90,7 +90,7 @@ impl From<HttpMetrics> for ObserveLayer {
             metrics,
             route_fn: None,
             #[cfg(feature = "pprof")]
-            pprof: Some(observe_core::profiling::Pprof::new()),
+            pprof: Some(observe_pprof::Pprof::new()),
         }
     }
 }

@@ -38,9 +38,11 @@ mod service;
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use layer::ObserveLayer;
-#[cfg(feature = "pprof")]
-pub use observe_core::profiling::{Access, AccessRequest, Pprof};
 pub use observe_core::{self, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
+#[cfg(feature = "jemalloc-heap-profile")]
+pub use observe_pprof::jemalloc_heap_profiling;
 #[cfg(feature = "pprof")]
-pub use pprof::{pprof_router, serve_pprof_on_loopback};
+pub use observe_pprof::{self, Access, Pprof};
+#[cfg(feature = "pprof")]
+pub use pprof::{pprof_routes, serve_pprof_on_loopback};
 pub use service::Observe;

@@ -1,4 +1,4 @@
-//! `/debug/pprof/*` for axum: mounts observe-core's [`Pprof`] (see `docs/pprof.md`).
+//! `/debug/pprof/*` for axum: mounts observe-pprof's [`Pprof`] (see `docs/pprof.md`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -6,7 +6,7 @@ use axum::extract::{ConnectInfo, Path, Request};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use observe_core::profiling::{self, AccessRequest, Pprof, PprofRequest};
+use observe_pprof::{AccessRequest, Pprof, ProfileJob};
 
 use crate::layer::ObserveLayer;
 use crate::routes::into_response;
@@ -21,7 +21,7 @@ impl ObserveLayer {
     /// let token = std::env::var("PPROF_TOKEN").unwrap_or_else(|_| "change-me".into());
     /// let observe = ObserveLayer::new("checkout")
     ///     .with_pprof(Pprof::builder().access(Access::bearer_token(token)?).build());
-    /// # Ok::<(), observe_tower::observe_core::profiling::PprofError>(())
+    /// # Ok::<(), observe_tower::observe_pprof::PprofError>(())
     /// ```
     pub fn with_pprof(mut self, pprof: Pprof) -> Self {
         self.pprof = Some(pprof);
@@ -41,7 +41,7 @@ impl ObserveLayer {
 ///
 /// The client address the default access rule needs comes from axum's [`ConnectInfo`]: serve
 /// the app with `into_make_service_with_connect_info::<SocketAddr>()`.
-pub fn pprof_router<S>(pprof: Pprof) -> Router<S>
+pub fn pprof_routes<S>(pprof: Pprof) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -79,7 +79,7 @@ where
 pub async fn serve_pprof_on_loopback(port: u16, pprof: Pprof) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
     let addr = listener.local_addr()?;
-    let app: Router = pprof_router(pprof);
+    let app: Router = pprof_routes(pprof);
     tokio::spawn(async move {
         // `axum::serve` only returns when the listener fails for good; the main service
         // must not go down with its debug port, so there is nothing more to do here.
@@ -93,24 +93,21 @@ pub async fn serve_pprof_on_loopback(port: u16, pprof: Pprof) -> std::io::Result
 }
 
 async fn serve(pprof: Pprof, profile: String, req: Request) -> Response {
+    // Only the head: the body is not `Sync`, and this future must be `Send`.
+    let (req, _) = req.into_parts();
     let peer = req
-        .extensions()
+        .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
-    let mut access = AccessRequest::new(req.uri().path(), peer);
-    for (name, value) in req.headers() {
-        if let Ok(value) = value.to_str() {
-            access = access.with_header(name.as_str(), value);
-        }
-    }
-    let job = match pprof.handle(&access, &profile, req.uri().query()) {
-        PprofRequest::Ready(answer) => return into_response(answer),
-        PprofRequest::Blocking(job) => job,
-    };
-    // Dropped with this future when the client goes away: the profile stops early.
-    let _cancel = job.cancel_on_drop();
-    match tokio::task::spawn_blocking(move || job.run()).await {
-        Ok(answer) => into_response(answer),
-        Err(e) => into_response(profiling::error(500, &format!("profiling failed: {e}"))),
-    }
+    let headers = req.headers.iter();
+    let access = AccessRequest::new(req.uri.path(), peer)
+        .with_headers(headers.map(|(name, value)| (name.as_str(), value.as_bytes())));
+    let run = |job: ProfileJob| tokio::task::spawn_blocking(move || job.run());
+    // hyper drops this future when the client goes away, which stops the profile.
+    let client_gone = std::future::pending();
+    into_response(
+        pprof
+            .answer(&access, &profile, req.uri.query(), run, client_gone)
+            .await,
+    )
 }

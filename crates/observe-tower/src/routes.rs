@@ -4,7 +4,8 @@ use axum::routing::get;
 use axum::Router;
 use http::header::{ACCEPT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use observe_core::{Answer, MetricsEncoder};
+use observe_core::adapter::Answer;
+use observe_core::MetricsEncoder;
 
 use crate::layer::ObserveLayer;
 
@@ -35,7 +36,7 @@ impl ObserveLayer {
         // With the `pprof` feature: `/debug/pprof/*` too (see `crate::pprof`).
         #[cfg(feature = "pprof")]
         let router = match &self.pprof {
-            Some(pprof) => router.merge(crate::pprof::pprof_router(pprof.clone())),
+            Some(pprof) => router.merge(crate::pprof::pprof_routes(pprof.clone())),
             None => router,
         };
         router

@@ -1,8 +1,7 @@
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use observe_core::{MetricsId, RequestRecord};
+use observe_core::adapter::{MetricsId, RequestRecord};
 use tower_service::Service;
 
 use crate::body::{count_request_body, ResponseBody};
@@ -13,21 +12,11 @@ use crate::layer::RouteFn;
 ///
 /// axum clones it for every request, so it holds its metrics' `Copy` id, not an `Arc`: no
 /// worker writes a reference count the others share (see [`MetricsId`]).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Observe<S> {
     pub(crate) inner: S,
     pub(crate) metrics: MetricsId,
-    pub(crate) route_fn: Option<Arc<RouteFn>>,
-}
-
-impl<S: std::fmt::Debug> std::fmt::Debug for Observe<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Observe")
-            .field("inner", &self.inner)
-            .field("metrics", &self.metrics)
-            .field("route_fn", &self.route_fn.is_some())
-            .finish()
-    }
+    pub(crate) route_fn: Option<RouteFn>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
@@ -49,7 +38,7 @@ where
         let metrics = self.metrics;
         let mut slot = None;
         let mut record: Option<RequestRecord> = match &self.route_fn {
-            Some(route_fn) => {
+            Some(RouteFn(route_fn)) => {
                 let (parts, body) = req.into_parts();
                 let record = metrics.start(parts.method.as_str(), route_fn(&parts));
                 req = Request::from_parts(parts, body);

@@ -25,7 +25,7 @@ use serde_json::json;
 
 // jemalloc serves every allocation, with its heap profiler on: `/debug/pprof/heap` shows
 // where live memory was allocated.
-observe_actix::observe_core::jemalloc_heap_profiling!();
+observe_actix::jemalloc_heap_profiling!();
 
 /// The service's routes, without observe, so tests can compare with and without.
 fn api(config: &mut web::ServiceConfig) {

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 // jemalloc serves every allocation, with its heap profiler on: `/debug/pprof/heap` shows
 // where live memory was allocated.
-observe_tower::observe_core::jemalloc_heap_profiling!();
+observe_tower::jemalloc_heap_profiling!();
 
 /// The service's routes, without observe, so tests can compare with and without.
 fn api() -> Router {

@@ -8,8 +8,8 @@ use flate2::Compression;
 use pprof::protos::Message;
 use pprof::{Frames, ProfilerGuardBuilder, Report};
 
-use crate::profiling::error::PprofError;
-use crate::profiling::params::ProfileParams;
+use crate::error::PprofError;
+use crate::params::ProfileParams;
 
 /// pprof-rs samples with one process-wide `SIGPROF` timer: one profile at a time, whoever asks.
 static IN_USE: AtomicBool = AtomicBool::new(false);
@@ -25,13 +25,13 @@ const BLOCKLIST: [&str; 4] = ["libc", "libgcc", "pthread", "vdso"];
 ///
 /// ```no_run
 /// use std::sync::atomic::AtomicBool;
-/// use observe_core::profiling::{CpuProfiler, ProfileParams};
+/// use observe_pprof::{CpuProfiler, ProfileParams};
 ///
 /// let params = ProfileParams::parse(Some("seconds=5"), 60)?;
 /// let profiler = CpuProfiler::acquire()?; // 409 while another profile runs
 /// let profile = profiler.record(params, &AtomicBool::new(false))?; // blocks 5 s
 /// let gzipped_protobuf = profile.to_pprof()?;
-/// # Ok::<(), observe_core::profiling::PprofError>(())
+/// # Ok::<(), observe_pprof::PprofError>(())
 /// ```
 #[derive(Debug)]
 pub struct CpuProfiler {

@@ -2,14 +2,14 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::profiling::error::PprofError;
-use crate::profiling::response;
-use crate::Answer;
+use crate::error::PprofError;
+use crate::response;
+use observe_core::adapter::Answer;
 
 /// What an [`Access`] rule sees of a `/debug/pprof` request. Adapters fill it in.
 ///
 /// ```
-/// use observe_core::profiling::AccessRequest;
+/// use observe_pprof::AccessRequest;
 ///
 /// let req = AccessRequest::new("/debug/pprof/profile", Some([127, 0, 0, 1].into()))
 ///     .with_header("Authorization", "Bearer s3cret");
@@ -36,6 +36,18 @@ impl<'a> AccessRequest<'a> {
     /// Adds a request header (name in any case).
     pub fn with_header(mut self, name: &'a str, value: &'a str) -> Self {
         self.headers.push((name, value));
+        self
+    }
+
+    /// Adds every header whose value is text; others (no rule reads them) are left out.
+    /// Adapters pass their header map: `.with_headers(headers.iter().map(|(n, v)| (n.as_str(),
+    /// v.as_bytes())))`.
+    pub fn with_headers(mut self, headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        for (name, value) in headers {
+            if let Ok(value) = std::str::from_utf8(value) {
+                self.headers.push((name, value));
+            }
+        }
         self
     }
 
@@ -66,11 +78,11 @@ type Predicate = dyn Fn(&AccessRequest<'_>) -> bool + Send + Sync;
 /// the `pprof` feature does not expose profiles to the network by accident.
 ///
 /// ```
-/// use observe_core::profiling::Access;
+/// use observe_pprof::Access;
 ///
 /// let token = Access::bearer_token("s3cret")?; // Authorization: Bearer s3cret
 /// let office = Access::predicate(|req| req.header("x-internal") == Some("yes"));
-/// # Ok::<(), observe_core::profiling::PprofError>(())
+/// # Ok::<(), observe_pprof::PprofError>(())
 /// ```
 #[derive(Clone)]
 pub struct Access(Rule);

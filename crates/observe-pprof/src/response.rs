@@ -1,7 +1,7 @@
 //! The `/debug/pprof` flavours of [`Answer`]: downloads, and errors `go tool pprof` shows.
 
-use crate::profiling::error::PprofError;
-use crate::Answer;
+use crate::error::PprofError;
+use observe_core::adapter::Answer;
 
 /// A profile download: `go tool pprof` and browsers save it as `filename`.
 pub(crate) fn attachment(body: Vec<u8>, filename: &str) -> Answer {
@@ -14,7 +14,7 @@ pub(crate) fn attachment(body: Vec<u8>, filename: &str) -> Answer {
 /// A one-line `text/plain` error that `go tool pprof` shows as is.
 ///
 /// ```
-/// let answer = observe_core::profiling::error(500, "profiling failed: no thread");
+/// let answer = observe_pprof::error(500, "profiling failed: no thread");
 /// assert_eq!(answer.status, 500);
 /// assert_eq!(answer.header("x-go-pprof"), Some("1"));
 /// assert_eq!(answer.body_text(), "profiling failed: no thread\n");

@@ -1,16 +1,16 @@
 //! `/debug/pprof/heap`: jemalloc's sampling heap profiler, through `jemalloc_pprof`.
 
-use crate::profiling::error::PprofError;
+use crate::error::PprofError;
 
 /// What a process needs for heap profiles; repeated in every "unavailable" answer.
-pub(crate) const HOW_TO_ENABLE: &str = "build with observe's `heap` feature and put \
-`observe_core::jemalloc_heap_profiling!();` in the binary crate (it installs jemalloc as the \
-global allocator with profiling on), or make `observe_core::profiling::Jemalloc` the \
-#[global_allocator] and start the process with \
+pub(crate) const HOW_TO_ENABLE: &str = "build with observe's `jemalloc-heap-profile` feature \
+and put `observe_tower::jemalloc_heap_profiling!();` (or `observe_actix::`, `observe_pprof::`) in \
+the binary crate (it installs jemalloc as the global allocator with profiling on), or make \
+`observe_pprof::Jemalloc` the #[global_allocator] and start the process with \
 _RJEM_MALLOC_CONF=prof:true,prof_active:true,lg_prof_sample:19; see docs/pprof.md";
 
 /// Whether this process can produce a heap profile now; `Err` says why not and what to do.
-#[cfg(feature = "heap")]
+#[cfg(feature = "jemalloc-heap-profile")]
 pub(crate) fn availability() -> Result<(), PprofError> {
     use tikv_jemalloc_ctl::{epoch, profiling, stats};
 
@@ -42,7 +42,7 @@ pub(crate) fn availability() -> Result<(), PprofError> {
     }
 }
 
-#[cfg(not(feature = "heap"))]
+#[cfg(not(feature = "jemalloc-heap-profile"))]
 pub(crate) fn availability() -> Result<(), PprofError> {
     Err(PprofError::HeapUnavailable(format!(
         "heap profiling is unavailable: this binary was built without it; {HOW_TO_ENABLE}"
@@ -51,7 +51,7 @@ pub(crate) fn availability() -> Result<(), PprofError> {
 
 /// Dumps jemalloc's sampled live allocations as a gzipped pprof protobuf
 /// (`inuse_space`, bytes), symbolized. Blocks: call it off the async workers.
-#[cfg(feature = "heap")]
+#[cfg(feature = "jemalloc-heap-profile")]
 pub(crate) fn dump() -> Result<Vec<u8>, PprofError> {
     availability()?;
     let ctl = jemalloc_pprof::PROF_CTL
@@ -72,7 +72,7 @@ pub(crate) fn dump() -> Result<Vec<u8>, PprofError> {
 /// close to a minute for a debug build, and its names for a position-independent binary
 /// mapped at 0 are wrong (`prof_log_emit_traces` for `prof_backtrace_impl`). The few
 /// addresses the in-process symbolizer could not name stay addresses.
-#[cfg(feature = "heap")]
+#[cfg(feature = "jemalloc-heap-profile")]
 fn mark_symbolized(gzipped: &[u8]) -> Result<Vec<u8>, PprofError> {
     use std::io::{Read, Write};
 
@@ -110,7 +110,7 @@ fn mark_symbolized(gzipped: &[u8]) -> Result<Vec<u8>, PprofError> {
         .map_err(|e| encode(&e))
 }
 
-#[cfg(not(feature = "heap"))]
+#[cfg(not(feature = "jemalloc-heap-profile"))]
 pub(crate) fn dump() -> Result<Vec<u8>, PprofError> {
     availability().map(|()| Vec::new())
 }

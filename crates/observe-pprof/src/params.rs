@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::profiling::error::PprofError;
+use crate::error::PprofError;
 
 /// Go's default CPU profile length.
 pub const DEFAULT_SECONDS: u64 = 30;
@@ -15,14 +15,14 @@ pub const MAX_FREQUENCY: u32 = 1000;
 /// The validated `seconds` and `frequency` of a CPU profile request.
 ///
 /// ```
-/// use observe_core::profiling::ProfileParams;
+/// use observe_pprof::ProfileParams;
 ///
 /// let p = ProfileParams::parse(Some("seconds=5&frequency=250"), 60)?;
 /// assert_eq!((p.seconds(), p.frequency()), (5, 250));
 /// let defaults = ProfileParams::parse(None, 60)?;
 /// assert_eq!((defaults.seconds(), defaults.frequency()), (30, 99));
 /// assert!(ProfileParams::parse(Some("seconds=61"), 60).is_err());
-/// # Ok::<(), observe_core::profiling::PprofError>(())
+/// # Ok::<(), observe_pprof::PprofError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProfileParams {

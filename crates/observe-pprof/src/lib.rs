@@ -1,28 +1,37 @@
-//! `/debug/pprof/*`, once for every framework: CPU profiles `go tool pprof` reads, flame
-//! graphs, jemalloc heap profiles and an index page, with bounds, one profile at a time and
-//! an access rule in front.
+//! `/debug/pprof/*` for any Rust web framework: CPU profiles `go tool pprof` reads, flame
+//! graphs, jemalloc heap profiles and an index page, with bounds, one profile at a time and an
+//! access rule in front. `observe-tower` and `observe-actix` mount it with their `pprof`
+//! feature; see `docs/pprof.md`.
 //!
-//! Adapters (`observe-tower`, `observe-actix`) mount [`Pprof`] under `/debug/pprof` and
-//! translate: the request into an [`AccessRequest`], the answer ([`Answer`]) into their
-//! response type. Work that blocks (sampling for N seconds, symbolizing, encoding) comes back
-//! as a [`ProfileJob`] to run on a blocking thread:
+//! An adapter mounts [`Pprof`] under `/debug/pprof`, describes each request as an
+//! [`AccessRequest`], and converts the [`Answer`] it gets back into its framework's response.
+//! [`Pprof::answer`] does everything in between: the access rule, the parameters, the profile
+//! on a blocking thread, and stopping it early when the client goes away.
 //!
 //! ```
-//! use observe_core::profiling::{AccessRequest, Pprof, PprofRequest};
+//! use observe_pprof::{AccessRequest, Pprof};
 //!
 //! let pprof = Pprof::new(); // loopback clients only, at most 60 s, no cmdline
 //! let req = AccessRequest::new("/debug/pprof/profile", Some([127, 0, 0, 1].into()));
-//! let answer = match pprof.handle(&req, "profile", Some("seconds=1&frequency=99")) {
-//!     PprofRequest::Ready(answer) => answer, // index, errors, 409
-//!     PprofRequest::Blocking(job) => {
-//!         // Keep this in the handler's future: dropped (client gone), it stops the job.
-//!         let _cancel = job.cancel_on_drop();
-//!         std::thread::spawn(move || job.run()).join().unwrap() // spawn_blocking, web::block
-//!     }
-//! };
+//! let answer = futures_executor_block_on(pprof.answer(
+//!     &req,
+//!     "profile",
+//!     Some("seconds=1&frequency=99"),
+//!     // Where the blocking work runs: tokio's spawn_blocking, actix's web::block.
+//!     |job| async move { std::thread::spawn(move || job.run()).join() .map_err(|_| "panicked") },
+//!     std::future::pending(), // or a future that ends when the client has gone
+//! ));
 //! assert_eq!(answer.status, 200);
 //! assert_eq!(answer.content_type, "application/octet-stream");
 //! assert_eq!(&answer.body[..2], &[0x1f, 0x8b]); // gzip
+//! # fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     let waker = std::task::Waker::noop();
+//! #     let mut cx = std::task::Context::from_waker(&waker);
+//! #     let mut f = std::pin::pin!(f);
+//! #     loop {
+//! #         if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) { return out; }
+//! #     }
+//! # }
 //! ```
 //!
 //! | path | answer |
@@ -30,13 +39,17 @@
 //! | `/debug/pprof/` | HTML index of what this process serves |
 //! | `/debug/pprof/profile?seconds=30&frequency=99` | gzipped pprof CPU profile |
 //! | `/debug/pprof/flamegraph?seconds=30&frequency=99` | SVG flame graph of a CPU profile |
-//! | `/debug/pprof/heap` | gzipped pprof heap profile (`heap` feature + jemalloc) |
+//! | `/debug/pprof/heap` | gzipped pprof heap profile (`jemalloc-heap-profile` feature) |
 //! | `/debug/pprof/cmdline` | the command line, NUL-separated (off unless enabled) |
 
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
-use crate::Answer;
+use observe_core::adapter::{Answer, TEXT_PLAIN};
 
 mod access;
 mod cpu;
@@ -54,30 +67,32 @@ pub use params::{
 };
 pub use response::error;
 
-/// jemalloc as Rust's global allocator, built with its heap profiler (the `heap` feature):
+/// jemalloc as Rust's global allocator, built with its heap profiler (the
+/// `jemalloc-heap-profile` feature):
 ///
 /// ```ignore
 /// #[global_allocator]
-/// static ALLOC: observe_core::profiling::Jemalloc = observe_core::profiling::Jemalloc;
+/// static ALLOC: observe_pprof::Jemalloc = observe_pprof::Jemalloc;
 /// ```
-#[cfg(feature = "heap")]
+#[cfg(feature = "jemalloc-heap-profile")]
 pub use tikv_jemallocator::Jemalloc;
 
 /// Makes jemalloc the global allocator with its heap profiler switched on at start-up, so
 /// `/debug/pprof/heap` has samples: one allocation per 512 KiB allocated on average
 /// (`lg_prof_sample:19`), cheap enough for production. `_RJEM_MALLOC_CONF` in the environment
-/// still overrides it (`prof:false` turns it off). Use it once, in the binary crate:
+/// still overrides it (`prof:false` turns it off). Use it once, in the binary crate (the
+/// adapters re-export it: `observe_tower::jemalloc_heap_profiling!()`):
 ///
 /// ```ignore
-/// observe_core::jemalloc_heap_profiling!();
+/// observe_pprof::jemalloc_heap_profiling!();
 /// ```
-#[cfg(feature = "heap")]
+#[cfg(feature = "jemalloc-heap-profile")]
 #[macro_export]
 macro_rules! jemalloc_heap_profiling {
     () => {
         /// jemalloc, built with its heap profiler, serves every allocation.
         #[global_allocator]
-        static OBSERVE_JEMALLOC: $crate::profiling::Jemalloc = $crate::profiling::Jemalloc;
+        static OBSERVE_JEMALLOC: $crate::Jemalloc = $crate::Jemalloc;
 
         // jemalloc reads this symbol as a `const char *`: a thin pointer to NUL-terminated
         // options, which is exactly the layout of `&u8` (a `&[u8]` would be a fat pointer).
@@ -92,7 +107,7 @@ macro_rules! jemalloc_heap_profiling {
 }
 
 /// The route templates adapters register, in the framework-neutral `{name}` syntax. They are
-/// excluded from the RED metrics by default, as `/metrics` is.
+/// among observe-core's default excluded routes, so profiles never count as traffic.
 pub const PPROF_ROUTES: [&str; 3] = ["/debug/pprof", "/debug/pprof/", "/debug/pprof/{profile}"];
 
 /// The configured `/debug/pprof` endpoints. Cheap to clone.
@@ -121,14 +136,14 @@ impl Default for Config {
 /// Configures [`Pprof`].
 ///
 /// ```
-/// use observe_core::profiling::{Access, Pprof};
+/// use observe_pprof::{Access, Pprof};
 ///
 /// let pprof = Pprof::builder()
 ///     .access(Access::bearer_token("s3cret")?)
 ///     .max_seconds(120)?
 ///     .cmdline(true)
 ///     .build();
-/// # Ok::<(), observe_core::profiling::PprofError>(())
+/// # Ok::<(), observe_pprof::PprofError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 #[must_use]
@@ -172,10 +187,10 @@ impl PprofBuilder {
     }
 }
 
-/// What a `/debug/pprof` request needs from the adapter.
+/// What [`Pprof::handle`] made of a request: its answer, or the blocking work that gives it.
 #[derive(Debug)]
 #[must_use]
-pub enum PprofRequest {
+pub enum Handled {
     /// The answer, at once (the index, `cmdline`, any error, 409).
     Ready(Answer),
     /// Blocking work: run [`ProfileJob::run`] on a blocking thread.
@@ -259,21 +274,16 @@ impl Pprof {
 
     /// Answers `GET /debug/pprof/{profile}`; `profile` is `""` for the index. `query` is the
     /// raw query string. The access rule is checked first, before anything else happens.
-    pub fn handle(
-        &self,
-        req: &AccessRequest<'_>,
-        profile: &str,
-        query: Option<&str>,
-    ) -> PprofRequest {
+    pub fn handle(&self, req: &AccessRequest<'_>, profile: &str, query: Option<&str>) -> Handled {
         if let Err(denied) = self.config.access.check(req) {
-            return PprofRequest::Ready(denied);
+            return Handled::Ready(denied);
         }
         let work = match profile {
-            "" => return PprofRequest::Ready(self.index(req.header("host"))),
+            "" => return Handled::Ready(self.index(req.header("host"))),
             "profile" | "flamegraph" => {
                 let params = match ProfileParams::parse(query, self.config.max_seconds) {
                     Ok(params) => params,
-                    Err(e) => return PprofRequest::Ready(e.into()),
+                    Err(e) => return Handled::Ready(e.into()),
                 };
                 match CpuProfiler::acquire() {
                     Ok(profiler) => Work::Cpu {
@@ -281,37 +291,74 @@ impl Pprof {
                         params,
                         flamegraph: profile == "flamegraph",
                     },
-                    Err(e) => return PprofRequest::Ready(e.into()),
+                    Err(e) => return Handled::Ready(e.into()),
                 }
             }
             "heap" => match heap::availability() {
                 Ok(()) => Work::Heap,
-                Err(e) => return PprofRequest::Ready(e.into()),
+                Err(e) => return Handled::Ready(e.into()),
             },
             "cmdline" if self.config.cmdline => {
                 let args: Vec<String> = std::env::args().collect();
-                return PprofRequest::Ready(Answer::ok(
-                    crate::answer::TEXT_PLAIN,
-                    args.join("\0").into_bytes(),
-                ));
+                return Handled::Ready(Answer::ok(TEXT_PLAIN, args.join("\0").into_bytes()));
             }
-            "cmdline" => return PprofRequest::Ready(PprofError::CmdlineDisabled.into()),
+            "cmdline" => return Handled::Ready(PprofError::CmdlineDisabled.into()),
             other => {
                 let served = self.served().join(", ");
                 let name: String = other.chars().take(40).filter(|c| !c.is_control()).collect();
-                return PprofRequest::Ready(PprofError::UnknownProfile { name, served }.into());
+                return Handled::Ready(PprofError::UnknownProfile { name, served }.into());
             }
         };
-        PprofRequest::Blocking(ProfileJob {
+        Handled::Blocking(ProfileJob {
             work,
             cancel: Arc::new(AtomicBool::new(false)),
         })
     }
 
+    /// Answers `GET /debug/pprof/{profile}` whole: [`handle`](Self::handle), then any
+    /// blocking work on the thread `run_blocking` puts it on (tokio's `spawn_blocking`,
+    /// actix's `web::block`). A profile stops early, answered 499, once `client_gone`
+    /// completes (give `std::future::pending()` when the server cannot tell) or when this
+    /// future is dropped (the server dropped the request); the CPU profiler is free again
+    /// within ~25 ms either way.
+    pub async fn answer<Run, Ran, E>(
+        &self,
+        req: &AccessRequest<'_>,
+        profile: &str,
+        query: Option<&str>,
+        run_blocking: Run,
+        client_gone: impl Future<Output = ()>,
+    ) -> Answer
+    where
+        Run: FnOnce(ProfileJob) -> Ran,
+        Ran: Future<Output = Result<Answer, E>>,
+        E: Display,
+    {
+        let job = match self.handle(req, profile, query) {
+            Handled::Ready(answer) => return answer,
+            Handled::Blocking(job) => job,
+        };
+        let mut cancel = Some(job.cancel_on_drop());
+        let mut work = pin!(run_blocking(job));
+        let mut client_gone = pin!(client_gone);
+        let ran = std::future::poll_fn(|cx| {
+            if let Poll::Ready(ran) = work.as_mut().poll(cx) {
+                return Poll::Ready(ran);
+            }
+            if cancel.is_some() && client_gone.as_mut().poll(cx).is_ready() {
+                // The job sees the flag within one sampling slice and returns 499.
+                cancel = None;
+            }
+            Poll::Pending
+        })
+        .await;
+        ran.unwrap_or_else(|e| error(500, &format!("profiling failed: {e}")))
+    }
+
     /// Where a request for the index without its trailing slash (`/debug/pprof`) is sent, so
     /// the page's relative links resolve.
     pub fn redirect_to_index() -> Answer {
-        let mut response = Answer::ok(crate::answer::TEXT_PLAIN, b"see /debug/pprof/\n".to_vec());
+        let mut response = Answer::ok(TEXT_PLAIN, b"see /debug/pprof/\n".to_vec());
         response.status = 308;
         response.headers.push(("location", "pprof/".to_owned()));
         response
@@ -377,10 +424,10 @@ mod tests {
         AccessRequest::new("/debug/pprof/x", Some([127, 0, 0, 1].into()))
     }
 
-    fn ready(r: PprofRequest) -> Answer {
+    fn ready(r: Handled) -> Answer {
         match r {
-            PprofRequest::Ready(r) => r,
-            PprofRequest::Blocking(_) => panic!("expected an immediate answer"),
+            Handled::Ready(r) => r,
+            Handled::Blocking(_) => panic!("expected an immediate answer"),
         }
     }
 
@@ -461,8 +508,7 @@ mod tests {
     #[test]
     fn a_second_cpu_profile_while_one_runs_is_409_and_cancel_frees_it() {
         let pprof = Pprof::new();
-        let PprofRequest::Blocking(job) = pprof.handle(&local(), "profile", Some("seconds=30"))
-        else {
+        let Handled::Blocking(job) = pprof.handle(&local(), "profile", Some("seconds=30")) else {
             panic!("a CPU profile is blocking work")
         };
         for profile in ["profile", "flamegraph"] {
@@ -479,7 +525,7 @@ mod tests {
         // Free again: the next request gets the profiler.
         assert!(matches!(
             pprof.handle(&local(), "profile", Some("seconds=1")),
-            PprofRequest::Blocking(_)
+            Handled::Blocking(_)
         ));
     }
 

@@ -1,0 +1,32 @@
+//! What a framework adapter needs and a user never does: the per-request record, route and
+//! metrics ids, body byte counting, and the framework-neutral [`Answer`] that `/metrics` and
+//! `/debug/pprof` give, which each adapter converts into its response type in one place.
+//!
+//! A request is recorded exactly once, by type: [`MetricsId::start`] gives a
+//! [`RequestRecord`]; it ends in [`RequestRecord::respond`] (giving a [`ResponseRecord`]),
+//! [`RequestRecord::fail`], or its drop (`499`, or `500` while a panic unwinds); a
+//! [`ResponseRecord`] ends in [`ResponseRecord::finish`], [`ResponseRecord::fail`] or its
+//! drop. Every ending takes the record by value, so none can happen twice.
+//!
+//! ```
+//! use observe_core::{HttpMetrics, MetricsEncoder};
+//!
+//! let metrics = HttpMetrics::new("checkout");
+//! let record = metrics.id().start("GET", Some("/users/{id}")).expect("route is not excluded");
+//! let mut response = record.respond(200);
+//! response.add_response_bytes(42);
+//! response.finish();
+//!
+//! let out = MetricsEncoder::new(metrics.registry().clone()).encode(None).unwrap();
+//! let text = String::from_utf8(out.body).unwrap();
+//! assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="checkout"} 1"#));
+//! ```
+
+pub use crate::answer::{Answer, TEXT_PLAIN};
+pub use crate::body::{BodyTracker, Polled};
+pub use crate::labels::MethodLabel;
+pub use crate::metrics::MetricsId;
+pub use crate::record::{
+    ByteTally, RequestRecord, ResponseRecord, CLIENT_CLOSED_REQUEST, INTERNAL_SERVER_ERROR,
+};
+pub use crate::routes::RouteId;
