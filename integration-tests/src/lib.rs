@@ -12,6 +12,7 @@ pub mod bench;
 pub mod contract;
 mod dashboard;
 mod profiling;
+pub mod pyroscope;
 mod tools;
 
 pub use dashboard::{
@@ -59,6 +60,29 @@ pub fn binary(package: &str) -> PathBuf {
     path
 }
 
+/// The path of a workspace binary built with `--release` (for measurements a debug build
+/// would distort), building it if it is missing. `OBSERVE_RELEASE_DIR` points elsewhere (e.g.
+/// at an older build, to measure before and after with the same test).
+pub fn release_binary(package: &str) -> PathBuf {
+    let dir = match std::env::var_os("OBSERVE_RELEASE_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => target_debug_dir().with_file_name("release"),
+    };
+    let path = dir.join(package);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", package])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "cargo build --release -p {package} failed"
+        );
+    }
+    path
+}
+
 /// A running example service, killed when dropped.
 pub struct Example {
     child: Child,
@@ -70,7 +94,16 @@ impl Example {
     /// Starts `package` (e.g. `example-axum`) on a free loopback port, with `envs` set, and
     /// waits until it listens. The examples print `... listening on http://ADDR` first.
     pub fn start(package: &str, envs: &[(&str, &str)]) -> Example {
-        let mut child = Command::new(binary(package))
+        Example::start_binary(package, binary(package), envs)
+    }
+
+    /// [`start`](Self::start) with the `--release` build of `package` ([`release_binary`]).
+    pub fn start_release(package: &str, envs: &[(&str, &str)]) -> Example {
+        Example::start_binary(package, release_binary(package), envs)
+    }
+
+    fn start_binary(package: &str, path: PathBuf, envs: &[(&str, &str)]) -> Example {
+        let mut child = Command::new(path)
             .arg("127.0.0.1:0")
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())
@@ -96,6 +129,23 @@ impl Example {
             .and_then(|a| a.trim().parse().ok())
             .unwrap_or_else(|| panic!("{package} printed {line:?}, not its address"));
         Example { child, addr }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's resident memory (`VmRSS`), in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the example runs");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc/PID/status")
+            * 1024
     }
 
     /// `http://ADDR` + `path`.

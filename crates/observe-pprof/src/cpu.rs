@@ -1,27 +1,23 @@
-use std::collections::HashMap;
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+//! CPU profiles: one at a time on demand ([`CpuProfiler`]), taken from the process's one
+//! sampler (`crate::sampler`), symbolized and encoded as pprof or a flame graph ([`CpuProfile`]).
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
-use pprof::protos::Message;
-use pprof::{Frames, ProfilerGuardBuilder, Report};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::error::PprofError;
 use crate::params::ProfileParams;
+use crate::proto::{self, ProfileBuilder};
+use crate::sampler::{self, Window, MAX_STACKS};
+use crate::symbols::{self, Symbols};
 
-/// pprof-rs samples with one process-wide `SIGPROF` timer: one profile at a time, whoever asks.
+/// One on-demand CPU profile at a time, as Go allows: a second request is answered 409 while
+/// one runs. Continuous profiling shares the sampler without taking this.
 static IN_USE: AtomicBool = AtomicBool::new(false);
 
 /// How often a running profile looks for a client that went away.
 const CANCEL_POLL: Duration = Duration::from_millis(25);
 
-/// Unwinding from inside these libraries can deadlock (the signal may land while the thread
-/// holds the loader or unwinder lock): samples there are dropped, as pprof-rs recommends.
-const BLOCKLIST: [&str; 4] = ["libc", "libgcc", "pthread", "vdso"];
-
-/// The process's CPU profiler: at most one profile runs at a time.
+/// The right to take the process's on-demand CPU profile: at most one at a time.
 ///
 /// ```no_run
 /// use std::sync::atomic::AtomicBool;
@@ -39,8 +35,8 @@ pub struct CpuProfiler {
 }
 
 impl CpuProfiler {
-    /// Takes the process's profiler, or [`PprofError::Busy`] while another profile runs.
-    /// Dropping it gives it back.
+    /// Takes the process's on-demand profiler, or [`PprofError::Busy`] while another profile
+    /// runs. Dropping it gives it back.
     pub fn acquire() -> Result<Self, PprofError> {
         IN_USE
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -48,24 +44,16 @@ impl CpuProfiler {
             .map_err(|_| PprofError::Busy)
     }
 
-    /// Samples every thread of the process for `params.seconds()` at `params.frequency()`,
-    /// blocking the calling thread; ends early with [`PprofError::Cancelled`] once `cancel`
-    /// is set. Call it off the async workers.
+    /// Samples every thread of the process for `params.seconds()` at `params.frequency()`
+    /// (or at the frequency continuous profiling already samples at), blocking the calling
+    /// thread; ends early with [`PprofError::Cancelled`] once `cancel` is set. Call it off
+    /// the async workers.
     pub fn record(
         self,
         params: ProfileParams,
         cancel: &AtomicBool,
     ) -> Result<CpuProfile, PprofError> {
-        let frequency = params.frequency() as i32;
-        let guard = ProfilerGuardBuilder::default()
-            .frequency(frequency)
-            .blocklist(&BLOCKLIST)
-            .build()
-            .map_err(|e| match e {
-                // Someone else in the process drives pprof-rs directly.
-                pprof::Error::Running => PprofError::Busy,
-                e => PprofError::Sampler(e.to_string()),
-            })?;
+        let subscription = sampler::subscribe(params.frequency())?;
         let deadline = Instant::now() + params.duration();
         loop {
             if cancel.load(Ordering::Relaxed) {
@@ -77,56 +65,11 @@ impl CpuProfiler {
             }
             std::thread::sleep(left.min(CANCEL_POLL));
         }
-        // Copy the raw stacks, stop the timer, and only then symbolize: resolving symbols
-        // is the slow part and should not be sampled into the profile itself.
-        let unresolved = guard
-            .report()
-            .build_unresolved()
-            .map_err(|e| PprofError::Sampler(e.to_string()))?;
-        drop(guard);
-        let mut data: HashMap<Frames, isize> = HashMap::with_capacity(unresolved.data.len());
-        for (frames, count) in unresolved.data {
-            let mut frames = Frames::from(frames);
-            strip_sampler_frames(&mut frames);
-            *data.entry(frames).or_default() += count;
-        }
-        Ok(CpuProfile {
-            report: Report {
-                data,
-                timing: unresolved.timing,
-            },
-            params,
-        })
+        // The sampler stops (if nobody else samples) before symbolizing, the slow part,
+        // which should not be sampled into the profile itself.
+        let window = subscription.finish();
+        Ok(CpuProfile::new(window))
     }
-}
-
-impl CpuProfile {
-    fn empty_flamegraph(&self) -> Vec<u8> {
-        format!(
-            r#"<?xml version="1.0" standalone="no"?>
-<svg version="1.1" width="1200" height="120" xmlns="http://www.w3.org/2000/svg"><rect x="0" y="0" width="100%" height="100%" fill="rgb(246,248,250)"/><text x="600" y="50" font-size="17" font-family="Verdana" text-anchor="middle">CPU profile: {} s at {} Hz, no samples</text><text x="600" y="80" font-size="13" font-family="Verdana" text-anchor="middle" fill="rgb(89,99,110)">The process used no measurable CPU while it was profiled.</text></svg>
-"#,
-            self.params.seconds(),
-            self.params.frequency()
-        )
-        .into_bytes()
-    }
-}
-
-/// pprof-rs drops its signal handler's frame, but without inlining (debug builds) the unwinder's
-/// own frames sit above it and would take every sample's "flat" time.
-fn strip_sampler_frames(frames: &mut Frames) {
-    let sampler = frames
-        .frames
-        .iter()
-        .take_while(|symbols| {
-            symbols.iter().any(|s| {
-                let name = s.name();
-                name.starts_with("backtrace::") || name.contains("pprof::")
-            })
-        })
-        .count();
-    frames.frames.drain(..sampler);
 }
 
 impl Drop for CpuProfiler {
@@ -137,56 +80,193 @@ impl Drop for CpuProfiler {
 
 /// A finished CPU profile, symbolized.
 pub struct CpuProfile {
-    report: Report,
-    params: ProfileParams,
+    window: Window,
+    symbols: Symbols,
 }
 
 impl std::fmt::Debug for CpuProfile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuProfile")
-            .field("params", &self.params)
+            .field("frequency", &self.window.frequency)
+            .field("duration", &self.window.duration)
             .field("samples", &self.samples())
             .finish()
     }
 }
 
+/// Names of the samples a profile could not keep apart.
+const OTHERS: &str = "[observe: stacks beyond the 20000 kept]";
+const LOST: &str = "[observe: samples lost, the sampler fell behind]";
+
 impl CpuProfile {
+    pub(crate) fn new(window: Window) -> Self {
+        let addresses = window.stacks.keys().flat_map(|s| s.iter().copied());
+        let symbols = symbols::symbolize(addresses);
+        CpuProfile { window, symbols }
+    }
+
     /// Samples taken (one per `1/frequency` s of CPU time on any thread).
     pub fn samples(&self) -> u64 {
-        self.report.data.values().map(|&n| n.max(0) as u64).sum()
+        self.window.samples() + self.window.lost
+    }
+
+    /// The sampling frequency, Hz.
+    pub fn frequency(&self) -> u32 {
+        self.window.frequency
+    }
+
+    /// How long the profile sampled.
+    pub fn duration(&self) -> Duration {
+        self.window.duration
+    }
+
+    /// The pprof protobuf, uncompressed.
+    pub(crate) fn to_proto(&self) -> Vec<u8> {
+        let period = 1_000_000_000 / i64::from(self.window.frequency.max(1));
+        let mut profile = ProfileBuilder::new(
+            &self.symbols,
+            &[("samples", "count"), ("cpu", "nanoseconds")],
+            ("cpu", "nanoseconds"),
+            period,
+        );
+        let value = |n: u64| vec![n as i64, n as i64 * period];
+        for (stack, &n) in &self.window.stacks {
+            profile.sample(stack, value(n));
+        }
+        for (name, n) in [(OTHERS, self.window.others), (LOST, self.window.lost)] {
+            if n > 0 {
+                profile.named_sample(name, value(n));
+            }
+        }
+        let started = self
+            .window
+            .started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        profile.finish(
+            started.as_nanos() as i64,
+            self.window.duration.as_nanos() as i64,
+        )
     }
 
     /// The gzipped pprof protobuf `go tool pprof` reads, symbols included.
     pub fn to_pprof(&self) -> Result<Vec<u8>, PprofError> {
-        let profile = self
-            .report
-            .pprof()
-            .map_err(|e| PprofError::Encode(e.to_string()))?;
-        let raw = profile.encode_to_vec();
-        let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 3), Compression::default());
-        gz.write_all(&raw)
-            .and_then(|()| gz.finish())
-            .map_err(|e| PprofError::Encode(e.to_string()))
+        proto::gzip(&self.to_proto()).map_err(|e| PprofError::Encode(e.to_string()))
+    }
+
+    /// The stacks as folded lines (`outer;…;inner count`), inlined functions expanded.
+    fn folded(&self) -> Vec<String> {
+        let name = |f: usize| self.symbols.functions[f].name.replace(';', ":");
+        let mut lines: Vec<String> = self
+            .window
+            .stacks
+            .iter()
+            .map(|(stack, n)| {
+                let frames: Vec<String> = stack
+                    .iter()
+                    .rev()
+                    .map(|a| name(self.symbols.addresses[a]))
+                    .collect();
+                format!("{} {n}", frames.join(";"))
+            })
+            .collect();
+        for (label, n) in [(OTHERS, self.window.others), (LOST, self.window.lost)] {
+            if n > 0 {
+                lines.push(format!("{label} {n}"));
+            }
+        }
+        lines.sort_unstable();
+        lines
     }
 
     /// An interactive SVG flame graph (click to zoom, Ctrl+F to search).
     pub fn to_flamegraph(&self) -> Result<Vec<u8>, PprofError> {
+        let seconds = self.window.duration.as_secs_f64().round();
         if self.samples() == 0 {
             // inferno writes nothing for no stacks; an idle process still deserves a page.
-            return Ok(self.empty_flamegraph());
+            return Ok(empty_flamegraph(seconds, self.window.frequency));
         }
-        let mut options = pprof::flamegraph::Options::default();
+        let mut options = inferno::flamegraph::Options::default();
         options.title = format!(
-            "CPU profile: {} s at {} Hz, {} samples",
-            self.params.seconds(),
-            self.params.frequency(),
+            "CPU profile: {seconds} s at {} Hz, {} samples",
+            self.window.frequency,
             self.samples()
         );
         options.count_name = "samples".to_owned();
+        let lines = self.folded();
         let mut svg = Vec::with_capacity(64 * 1024);
-        self.report
-            .flamegraph_with_options(&mut svg, &mut options)
+        inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
             .map_err(|e| PprofError::Encode(e.to_string()))?;
         Ok(svg)
+    }
+}
+
+fn empty_flamegraph(seconds: f64, frequency: u32) -> Vec<u8> {
+    format!(
+        r#"<?xml version="1.0" standalone="no"?>
+<svg version="1.1" width="1200" height="120" xmlns="http://www.w3.org/2000/svg"><rect x="0" y="0" width="100%" height="100%" fill="rgb(246,248,250)"/><text x="600" y="50" font-size="17" font-family="Verdana" text-anchor="middle">CPU profile: {seconds} s at {frequency} Hz, no samples</text><text x="600" y="80" font-size="13" font-family="Verdana" text-anchor="middle" fill="rgb(89,99,110)">The process used no measurable CPU while it was profiled.</text></svg>
+"#
+    )
+    .into_bytes()
+}
+
+const _: () = assert!(MAX_STACKS == 20_000, "OTHERS names the limit");
+
+/// Tests that take the process's profiler run one after the other (the test harness runs
+/// tests on parallel threads of one process).
+#[cfg(test)]
+pub(crate) fn one_profiling_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn spin_for_the_cpu_profile_test(until: Instant) -> u64 {
+        let mut x = 1u64;
+        while Instant::now() < until {
+            for _ in 0..1000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn a_profile_names_the_function_that_burned_the_cpu_in_every_format() {
+        let until = Instant::now() + Duration::from_millis(1500);
+        let spinner = std::thread::spawn(move || spin_for_the_cpu_profile_test(until));
+        let params = ProfileParams::parse(Some("seconds=1&frequency=250"), 60).unwrap();
+        let _serial = one_profiling_test_at_a_time();
+        let profile = CpuProfiler::acquire()
+            .unwrap()
+            .record(params, &AtomicBool::new(false))
+            .unwrap();
+        spinner.join().unwrap();
+        // One thread busy for a second at 250 Hz: ~250 samples (CPU time, not wall time).
+        assert!(profile.samples() > 100, "{profile:?}");
+        let spinning: u64 = profile
+            .folded()
+            .iter()
+            .filter(|l| l.contains("spin_for_the_cpu_profile_test"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert!(
+            spinning * 2 > profile.samples(),
+            "{spinning} of {} samples in the spinning function",
+            profile.samples()
+        );
+        let decoded =
+            <proto::Profile as prost::Message>::decode(profile.to_proto().as_slice()).unwrap();
+        assert_eq!(decoded.period, 4_000_000);
+        assert!(decoded
+            .string_table
+            .iter()
+            .any(|s| s.ends_with("spin_for_the_cpu_profile_test")));
+        let svg = String::from_utf8(profile.to_flamegraph().unwrap()).unwrap();
+        assert!(svg.contains("spin_for_the_cpu_profile_test"));
     }
 }

@@ -52,6 +52,9 @@ pub enum PprofError {
     /// pprof-rs could not start or read the sampler.
     #[error("CPU profiler failed: {0}")]
     Sampler(String),
+    /// A continuous-profiling setting is invalid (the message says which and why).
+    #[error("continuous profiling: {0}")]
+    InvalidContinuousProfiling(String),
     /// Writing the profile failed.
     #[error("could not encode the profile: {0}")]
     Encode(String),
@@ -64,7 +67,8 @@ impl PprofError {
             PprofError::InvalidSeconds { .. }
             | PprofError::InvalidFrequency { .. }
             | PprofError::InvalidMaxSeconds(_)
-            | PprofError::EmptyToken => 400,
+            | PprofError::EmptyToken
+            | PprofError::InvalidContinuousProfiling(_) => 400,
             PprofError::Busy | PprofError::HeapBusy => 409,
             PprofError::UnknownProfile { .. } | PprofError::CmdlineDisabled => 404,
             PprofError::HeapUnavailable(_) => 501,

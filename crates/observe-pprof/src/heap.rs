@@ -1,6 +1,8 @@
 //! `/debug/pprof/heap`: jemalloc's sampling heap profiler, through `jemalloc_pprof`.
 
 use crate::error::PprofError;
+#[cfg(feature = "jemalloc-heap-profile")]
+use crate::proto::ProfileBuilder;
 
 /// What a process needs for heap profiles; repeated in every "unavailable" answer.
 pub(crate) const HOW_TO_ENABLE: &str = "build with observe's `jemalloc-heap-profile` feature \
@@ -59,55 +61,42 @@ pub(crate) fn dump() -> Result<Vec<u8>, PprofError> {
         .ok_or_else(|| PprofError::HeapUnavailable(HOW_TO_ENABLE.to_owned()))?;
     // `try_lock`: never block (nor panic, as `blocking_lock` would on an async worker).
     let mut ctl = ctl.try_lock().map_err(|_| PprofError::HeapBusy)?;
-    let gzipped = ctl
-        .dump_pprof()
+    let profile = ctl
+        .dump_profile()
         .map_err(|e| PprofError::Encode(e.to_string()))?;
+    let period = 1i64 << ctl.lg_sample();
     drop(ctl);
-    mark_symbolized(&gzipped)
-}
-
-/// Flags the mappings `jemalloc_pprof` symbolized in process as symbolized.
-///
-/// It leaves the flags off, so `go tool pprof` runs its own symbolizer over the binary again:
-/// close to a minute for a debug build, and its names for a position-independent binary
-/// mapped at 0 are wrong (`prof_log_emit_traces` for `prof_backtrace_impl`). The few
-/// addresses the in-process symbolizer could not name stay addresses.
-#[cfg(feature = "jemalloc-heap-profile")]
-fn mark_symbolized(gzipped: &[u8]) -> Result<Vec<u8>, PprofError> {
-    use std::io::{Read, Write};
-
-    use pprof::protos::{Message, Profile};
-
-    let encode = |e: &dyn std::fmt::Display| PprofError::Encode(format!("heap profile: {e}"));
-    let mut raw = Vec::with_capacity(gzipped.len() * 4);
-    flate2::read::GzDecoder::new(gzipped)
-        .read_to_end(&mut raw)
-        .map_err(|e| encode(&e))?;
-    let mut profile = Profile::decode(raw.as_slice()).map_err(|e| encode(&e))?;
-    // jemalloc_pprof writes one mapping per segment of a file and `go tool pprof` merges
-    // them, so a file counts as symbolized when any of its segments' locations is.
-    let symbolized_files: std::collections::HashSet<i64> = profile
-        .location
+    // jemalloc's stacks are outermost first and hold return addresses: innermost first, and
+    // one less, inside the call, as the symbolizer and the CPU profile take them.
+    let stacks: Vec<(Vec<usize>, i64)> = profile
+        .stacks
         .iter()
-        .filter(|l| !l.line.is_empty())
-        .filter_map(|l| profile.mapping.iter().find(|m| m.id == l.mapping_id))
-        .map(|m| m.filename)
+        .map(|(stack, _)| {
+            let addresses = stack
+                .addrs
+                .iter()
+                .rev()
+                .map(|a| a.saturating_sub(1))
+                .collect();
+            (addresses, stack.weight.trunc() as i64)
+        })
         .collect();
-    for mapping in &mut profile.mapping {
-        if symbolized_files.contains(&mapping.filename) {
-            mapping.has_functions = true;
-            mapping.has_filenames = true;
-            mapping.has_line_numbers = true;
-            mapping.has_inline_frames = true;
-        }
-    }
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(gzipped.len()),
-        flate2::Compression::default(),
+    drop(profile);
+    let symbols = crate::symbols::symbolize(stacks.iter().flat_map(|(s, _)| s.iter().copied()));
+    let mut encoded = ProfileBuilder::new(
+        &symbols,
+        &[("inuse_space", "bytes")],
+        ("space", "bytes"),
+        period,
     );
-    gz.write_all(&profile.encode_to_vec())
-        .and_then(|()| gz.finish())
-        .map_err(|e| encode(&e))
+    for (stack, bytes) in &stacks {
+        encoded.sample(stack, vec![*bytes]);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let raw = encoded.finish(now.as_nanos() as i64, 0);
+    crate::proto::gzip(&raw).map_err(|e| PprofError::Encode(format!("heap profile: {e}")))
 }
 
 #[cfg(not(feature = "jemalloc-heap-profile"))]

@@ -52,14 +52,20 @@ use std::task::Poll;
 use observe_core::adapter::{Answer, TEXT_PLAIN};
 
 mod access;
+mod continuous;
 mod cpu;
 mod error;
 mod heap;
 mod index;
 mod params;
+mod proto;
+mod pyroscope;
 mod response;
+mod sampler;
+mod symbols;
 
 pub use access::{Access, AccessRequest};
+pub use continuous::{ContinuousProfiler, ContinuousProfiling, UPLOADS_METRIC};
 pub use cpu::{CpuProfile, CpuProfiler};
 pub use error::PprofError;
 pub use params::{
@@ -507,6 +513,7 @@ mod tests {
 
     #[test]
     fn a_second_cpu_profile_while_one_runs_is_409_and_cancel_frees_it() {
+        let _serial = cpu::one_profiling_test_at_a_time();
         let pprof = Pprof::new();
         let Handled::Blocking(job) = pprof.handle(&local(), "profile", Some("seconds=30")) else {
             panic!("a CPU profile is blocking work")

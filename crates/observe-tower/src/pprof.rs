@@ -6,7 +6,7 @@ use axum::extract::{ConnectInfo, Path, Request};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use observe_pprof::{AccessRequest, Pprof, ProfileJob};
+use observe_pprof::{AccessRequest, ContinuousProfiling, Pprof, PprofError, ProfileJob};
 
 use crate::layer::ObserveLayer;
 use crate::routes::into_response;
@@ -26,6 +26,27 @@ impl ObserveLayer {
     pub fn with_pprof(mut self, pprof: Pprof) -> Self {
         self.pprof = Some(pprof);
         self
+    }
+
+    /// Pushes a CPU profile of the process to Pyroscope every 10 s (see
+    /// [`ContinuousProfiling`]), from now for as long as this service's registry lives (what
+    /// `/metrics` serves). The app name defaults to the service name, which is also the
+    /// `service` label; `observe_profile_uploads_total{result}` on the registry counts the
+    /// pushes. `/debug/pprof/profile` shares the sampling meanwhile.
+    ///
+    /// ```no_run
+    /// use observe_tower::{ContinuousProfiling, ObserveLayer};
+    ///
+    /// let observe = ObserveLayer::new("checkout")
+    ///     .with_continuous_profiling(ContinuousProfiling::to("http://pyroscope:4040")?)?;
+    /// # Ok::<(), observe_tower::observe_pprof::PprofError>(())
+    /// ```
+    pub fn with_continuous_profiling(
+        self,
+        profiling: ContinuousProfiling,
+    ) -> Result<Self, PprofError> {
+        profiling.start_for_service(&self.metrics)?;
+        Ok(self)
     }
 
     /// [`routes`](Self::routes) serves `/metrics` only; serve the profiles elsewhere, e.g.

@@ -12,6 +12,8 @@
 
 #[path = "../../shared/busy_work.rs"]
 mod busy_work;
+#[path = "../../shared/continuous_profiling.rs"]
+mod continuous_profiling;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use actix_web::error::ErrorBadRequest;
 use actix_web::{guard, web, App, HttpResponse, HttpServer, Responder, Route};
 use bytes::Bytes;
+use observe_actix::observe_pprof;
 use observe_actix::Observe;
 use serde::Deserialize;
 use serde_json::json;
@@ -135,7 +138,10 @@ async fn main() {
         }
     };
     // One `Observe` for the whole server: every worker's app records into the same series.
-    let observe = Observe::new("example-actix");
+    let observe = continuous_profiling::from_env(
+        Observe::new("example-actix"),
+        Observe::with_continuous_profiling,
+    );
     let server = HttpServer::new(move || {
         App::new()
             .configure(api)

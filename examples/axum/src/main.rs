@@ -12,6 +12,8 @@
 
 #[path = "../../shared/busy_work.rs"]
 mod busy_work;
+#[path = "../../shared/continuous_profiling.rs"]
+mod continuous_profiling;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
+use observe_tower::observe_pprof;
 use observe_tower::ObserveLayer;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -147,7 +150,11 @@ async fn main() {
         "example-axum listening on http://{}",
         listener.local_addr().unwrap_or(addr)
     );
-    let app = app(ObserveLayer::new("example-axum"));
+    let observe = continuous_profiling::from_env(
+        ObserveLayer::new("example-axum"),
+        ObserveLayer::with_continuous_profiling,
+    );
+    let app = app(observe);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -1,0 +1,288 @@
+//! The process's one CPU sampler. A process has one `SIGPROF` handler and one `ITIMER_PROF`
+//! timer; everyone who wants CPU samples (a `/debug/pprof/profile` request, continuous
+//! profiling) subscribes here and gets every sample taken while subscribed, from the same
+//! timer. The first subscriber starts it at its frequency; later ones share that frequency;
+//! the last one to leave stops it and frees everything it used.
+//!
+//! Memory is bounded whatever the load and the profile's length: the [`Ring`] the signal
+//! handler writes into (264 KiB while sampling), and per subscriber at most [`MAX_STACKS`]
+//! distinct stacks of at most [`ring::MAX_DEPTH`] frames (samples of further stacks are counted,
+//! not kept). A thread drains the ring every [`DRAIN_EVERY`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::PprofError;
+
+mod ring;
+#[cfg(target_os = "linux")]
+mod signal;
+
+use ring::Ring;
+
+/// How often the sampler's thread moves samples from the ring to the subscribers.
+pub(crate) const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// Distinct stacks one window keeps; samples of further stacks are counted in
+/// [`Window::others`]. ~40 stacks per 30 s is typical of a web service; 20,000 is 5–10 MiB.
+pub(crate) const MAX_STACKS: usize = 20_000;
+
+/// Code where the signal handler does not unwind (it may hold the loader's or the unwinder's
+/// lock): its samples keep only the interrupted function.
+const BLOCKLIST: [&str; 5] = ["libc.so", "libc-", "libgcc", "pthread", "ld-linux"];
+
+/// Samples gathered for one subscriber since it subscribed or last took them.
+#[derive(Debug, Clone)]
+pub(crate) struct Window {
+    /// Samples per stack, innermost frame first.
+    pub(crate) stacks: HashMap<Box<[usize]>, u64>,
+    /// Samples whose stack was not kept (more than [`MAX_STACKS`] distinct stacks).
+    pub(crate) others: u64,
+    /// Samples the handler could not store (the drain fell behind).
+    pub(crate) lost: u64,
+    /// The sampling frequency, Hz.
+    pub(crate) frequency: u32,
+    /// When the window began (wall clock, for the profile's `time_nanos`).
+    pub(crate) started: SystemTime,
+    began: Instant,
+    /// How long the window lasted; set when taken.
+    pub(crate) duration: Duration,
+}
+
+impl Window {
+    fn new(frequency: u32) -> Self {
+        Window {
+            stacks: HashMap::new(),
+            others: 0,
+            lost: 0,
+            frequency,
+            started: SystemTime::now(),
+            began: Instant::now(),
+            duration: Duration::ZERO,
+        }
+    }
+
+    fn add(&mut self, stack: &[usize]) {
+        if let Some(n) = self.stacks.get_mut(stack) {
+            *n += 1;
+        } else if self.stacks.len() < MAX_STACKS {
+            self.stacks.insert(stack.into(), 1);
+        } else {
+            self.others += 1;
+        }
+    }
+
+    /// Samples in the window, kept or not.
+    pub(crate) fn samples(&self) -> u64 {
+        self.stacks.values().sum::<u64>() + self.others
+    }
+}
+
+/// The running sampler: its ring, the subscribers' windows, the draining thread.
+struct Running {
+    ring: Arc<RingOwner>,
+    /// Tells this sampler's drain thread to exit (a new sampler may start before it has).
+    stopped: Arc<AtomicBool>,
+    frequency: u32,
+    windows: Vec<Arc<Mutex<Window>>>,
+    drainer: Option<JoinHandle<()>>,
+    /// Ring counters already handed out as `lost`.
+    lost_seen: u64,
+}
+
+/// Keeps the signal handler's target alive while the drain thread reads it.
+struct RingOwner {
+    #[cfg(target_os = "linux")]
+    target: Arc<signal::Target>,
+}
+
+impl RingOwner {
+    fn ring(&self) -> &Ring {
+        #[cfg(target_os = "linux")]
+        return &self.target.ring;
+        #[cfg(not(target_os = "linux"))]
+        unreachable!("the sampler never starts on this platform")
+    }
+}
+
+static SAMPLER: Mutex<Option<Running>> = Mutex::new(None);
+
+fn sampler() -> MutexGuard<'static, Option<Running>> {
+    SAMPLER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A subscriber's claim on the sampler; dropping it unsubscribes (the last one stops it).
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    window: Arc<Mutex<Window>>,
+}
+
+/// Subscribes to the process's samples, starting the sampler at `frequency` Hz if it is not
+/// running (a running sampler keeps its frequency: see [`Subscription::frequency`]).
+pub(crate) fn subscribe(frequency: u32) -> Result<Subscription, PprofError> {
+    let mut running = sampler();
+    if running.is_none() {
+        *running = Some(start(frequency)?);
+    }
+    let Some(running) = running.as_mut() else {
+        unreachable!("started above")
+    };
+    let window = Arc::new(Mutex::new(Window::new(running.frequency)));
+    running.windows.push(window.clone());
+    Ok(Subscription { window })
+}
+
+impl Subscription {
+    /// The samples since subscribing or the last take; a new window starts now.
+    pub(crate) fn take(&self) -> Window {
+        let mut running = sampler();
+        if let Some(running) = running.as_mut() {
+            running.drain();
+        }
+        let mut window = lock(&self.window);
+        let fresh = Window::new(window.frequency);
+        let mut taken = std::mem::replace(&mut *window, fresh);
+        taken.duration = taken.began.elapsed();
+        taken
+    }
+
+    /// Unsubscribes and returns the samples of the last window.
+    pub(crate) fn finish(self) -> Window {
+        self.take()
+        // Dropped here: unsubscribes.
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut guard = sampler();
+        let Some(running) = guard.as_mut() else {
+            return;
+        };
+        running.windows.retain(|w| !Arc::ptr_eq(w, &self.window));
+        if running.windows.is_empty() {
+            if let Some(mut running) = guard.take() {
+                // The timer stops under the lock: a subscriber that starts a new sampler
+                // right after finds the handler free.
+                running.stop_sampling();
+                drop(guard);
+                running.join_drainer();
+            }
+        }
+    }
+}
+
+fn lock(window: &Mutex<Window>) -> MutexGuard<'_, Window> {
+    window.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Running {
+    /// Moves the ring's samples into every window.
+    fn drain(&mut self) {
+        let windows: Vec<_> = self.windows.iter().map(|w| lock(w)).collect();
+        let mut windows = windows;
+        self.ring.ring().drain(|stack| {
+            for window in windows.iter_mut() {
+                window.add(stack);
+            }
+        });
+        let lost = self.ring.ring().dropped.load(Ordering::Relaxed);
+        let new = lost - self.lost_seen;
+        self.lost_seen = lost;
+        for window in windows.iter_mut() {
+            window.lost += new;
+        }
+    }
+
+    fn stop_sampling(&mut self) {
+        #[cfg(target_os = "linux")]
+        drop(signal::stop());
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Waits for the drain thread to exit; the ring is freed with the last reference.
+    fn join_drainer(&mut self) {
+        if let Some(drainer) = self.drainer.take() {
+            drainer.thread().unpark();
+            let _ = drainer.join();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn start(frequency: u32) -> Result<Running, PprofError> {
+    let target = Arc::new(signal::Target {
+        ring: Ring::new(),
+        blocklist: blocklisted_ranges(),
+    });
+    signal::start(target.clone(), frequency).map_err(|e| PprofError::Sampler(e.to_string()))?;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let flag = stopped.clone();
+    let drainer = std::thread::Builder::new()
+        .name("observe-pprof".into())
+        .spawn(move || drain_until_stopped(&flag))
+        .map_err(|e| {
+            drop(signal::stop());
+            PprofError::Sampler(format!("cannot start the sampler's thread: {e}"))
+        })?;
+    Ok(Running {
+        ring: Arc::new(RingOwner { target }),
+        stopped,
+        frequency,
+        windows: Vec::new(),
+        drainer: Some(drainer),
+        lost_seen: 0,
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start(_frequency: u32) -> Result<Running, PprofError> {
+    Err(PprofError::Sampler(
+        "CPU profiling is only supported on Linux".to_owned(),
+    ))
+}
+
+/// The drain thread: every [`DRAIN_EVERY`], until its sampler stops.
+#[cfg(target_os = "linux")]
+fn drain_until_stopped(stopped: &AtomicBool) {
+    loop {
+        std::thread::park_timeout(DRAIN_EVERY);
+        if stopped.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(running) = sampler().as_mut() {
+            running.drain();
+        }
+    }
+}
+
+/// Address ranges of the executable code of the libraries in [`BLOCKLIST`] and the vDSO,
+/// from `/proc/self/maps`.
+#[cfg(target_os = "linux")]
+fn blocklisted_ranges() -> Box<[(usize, usize)]> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let path = fields.nth(3).unwrap_or("");
+            let file = path.rsplit('/').next().unwrap_or("");
+            let blocked = path == "[vdso]"
+                || BLOCKLIST
+                    .iter()
+                    .any(|lib| file.starts_with(lib) || file.contains(lib));
+            if !perms.contains('x') || !blocked {
+                return None;
+            }
+            let (lo, hi) = range.split_once('-')?;
+            Some((
+                usize::from_str_radix(lo, 16).ok()?,
+                usize::from_str_radix(hi, 16).ok()?,
+            ))
+        })
+        .collect()
+}

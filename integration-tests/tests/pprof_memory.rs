@@ -1,0 +1,157 @@
+//! What a CPU or heap profile costs in memory, on the release examples under load: resident
+//! memory (`VmRSS`) before, at its peak while the profile runs and is encoded, and once it is
+//! done. The bounds are those `docs/pprof.md` states: a 30 s CPU profile at 99 Hz adds at most
+//! 32 MiB at its peak and leaves at most 8 MiB behind; a heap profile likewise.
+//!
+//! `OBSERVE_RELEASE_DIR=/other/target/release cargo test -p integration-tests --test
+//! pprof_memory -- --nocapture` measures another build the same way (the figures print).
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::{fetch, go_tool_pprof, Example, Load};
+
+const MIB: u64 = 1024 * 1024;
+const PEAK_BOUND: u64 = 32 * MIB;
+const RETAINED_BOUND: u64 = 8 * MIB;
+
+/// Resident memory before, at the peak during, and after fetching `path`, with load running.
+struct Measured {
+    before: u64,
+    peak: u64,
+    after: u64,
+}
+
+fn measure(example: &Example, path: &str) -> (Measured, Vec<u8>) {
+    // Warm up: routes, connections, the allocator's arenas, so that the baseline is steady.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = example.rss();
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (peak, done) = (peak.clone(), done.clone());
+        let pid_rss = example_rss_reader(example);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(pid_rss(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let answer = fetch(example.addr, path, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    // Once answered, the process has freed what the profile used; give the allocator the
+    // moment it takes to return pages, with the load still running.
+    std::thread::sleep(Duration::from_secs(3));
+    done.store(true, Ordering::Relaxed);
+    watcher.join().expect("watcher");
+    let after = example.rss();
+    let peak = peak.load(Ordering::Relaxed).max(after);
+    (
+        Measured {
+            before,
+            peak,
+            after,
+        },
+        answer.body,
+    )
+}
+
+fn example_rss_reader(example: &Example) -> impl Fn() -> u64 + Send + 'static {
+    let path = format!("/proc/{}/status", example.pid());
+    move || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024
+    }
+}
+
+fn report(what: &str, m: &Measured) {
+    println!(
+        "{what}: RSS before {:.1} MiB, peak {:.1} MiB (+{:.1}), after {:.1} MiB (+{:.1})",
+        m.before as f64 / MIB as f64,
+        m.peak as f64 / MIB as f64,
+        m.peak.saturating_sub(m.before) as f64 / MIB as f64,
+        m.after as f64 / MIB as f64,
+        m.after.saturating_sub(m.before) as f64 / MIB as f64,
+    );
+}
+
+fn cpu_profile_memory_is_bounded(package: &str) {
+    let example = Example::start_release(package, &[]);
+    let load = Load::start(example.addr, "/work?ms=2", 2, u64::MAX);
+    let (m, body) = measure(&example, "/debug/pprof/profile?seconds=30&frequency=99");
+    let (ok, failed) = load.finish();
+    report(&format!("{package}, 30 s CPU profile at 99 Hz"), &m);
+    assert!(ok > 0 && failed == 0, "load: {ok} ok, {failed} failed");
+    // The profile is real: go tool pprof reads it and names the workload.
+    let file = std::env::temp_dir().join(format!("observe-memory-{package}.pb.gz"));
+    std::fs::write(&file, &body).expect("write the profile");
+    let out = go_tool_pprof(
+        &["-top", file.to_str().expect("utf-8 path")],
+        Duration::from_secs(120),
+    );
+    let top = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(top.contains("busy_work"), "{top}");
+    assert!(
+        m.peak - m.before <= PEAK_BOUND,
+        "the profile added {} MiB at its peak",
+        (m.peak - m.before) / MIB
+    );
+    assert!(
+        m.after.saturating_sub(m.before) <= RETAINED_BOUND,
+        "the profile left {} MiB behind",
+        (m.after - m.before) / MIB
+    );
+}
+
+fn heap_profile_memory_is_bounded(package: &str) {
+    let example = Example::start_release(package, &[]);
+    let load = Load::start(example.addr, "/work?ms=2", 2, u64::MAX);
+    let (m, _) = measure(&example, "/debug/pprof/heap");
+    let (ok, failed) = load.finish();
+    report(&format!("{package}, heap profile"), &m);
+    assert!(ok > 0 && failed == 0, "load: {ok} ok, {failed} failed");
+    assert!(
+        m.peak - m.before <= PEAK_BOUND,
+        "peak +{} MiB",
+        (m.peak - m.before) / MIB
+    );
+    assert!(
+        m.after.saturating_sub(m.before) <= RETAINED_BOUND,
+        "retained +{} MiB",
+        (m.after - m.before) / MIB
+    );
+}
+
+#[test]
+fn axum_cpu_profile_memory_is_bounded() {
+    cpu_profile_memory_is_bounded("example-axum");
+}
+
+#[test]
+fn actix_cpu_profile_memory_is_bounded() {
+    cpu_profile_memory_is_bounded("example-actix");
+}
+
+#[test]
+fn axum_heap_profile_memory_is_bounded() {
+    heap_profile_memory_is_bounded("example-axum");
+}

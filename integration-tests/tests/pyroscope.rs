@@ -1,0 +1,190 @@
+//! Continuous profiling of the examples to a local receiver that checks every push against
+//! Pyroscope's documented ingest API; every pushed profile is read by the real `go tool pprof`.
+//! No Pyroscope server can be installed here: `integration_tests::pyroscope::Receiver` stands
+//! in for its ingest endpoint.
+use std::io::Read;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use integration_tests::pyroscope::{Mode, Push, Receiver};
+use integration_tests::{fetch, go_tool_pprof, parse_exposition, Example, Load};
+
+const MIB: u64 = 1024 * 1024;
+
+fn wait_for_pushes(receiver: &Receiver, n: usize, within: Duration) -> Vec<Push> {
+    let deadline = Instant::now() + within;
+    loop {
+        let pushes = receiver.pushes();
+        if pushes.len() >= n || Instant::now() > deadline {
+            return pushes;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `observe_profile_uploads_total{result}` as `/metrics` serves it.
+fn uploads(example: &Example, result: &str) -> f64 {
+    let answer = fetch(example.addr, "/metrics", Duration::from_secs(10)).expect("/metrics");
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    parse_exposition(&text)
+        .iter()
+        .find(|s| s.name == "observe_profile_uploads_total" && s.label("result") == Some(result))
+        .map_or(0.0, |s| s.value)
+}
+
+/// The `cum%` of `function` in `go tool pprof -top` output, 0 if absent.
+fn cumulative_percent(top: &str, function: &str) -> f64 {
+    top.lines()
+        .find(|l| l.trim_end().ends_with(function))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|p| p.trim_end_matches('%').parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut raw)
+        .expect("the profile is gzipped");
+    raw
+}
+
+fn pushes_follow_the_ingest_api_and_profiles_show_the_workload(package: &str) {
+    let receiver = Receiver::start(Mode::Accept);
+    let url = receiver.url();
+    let example = Example::start(
+        package,
+        &[
+            ("OBSERVE_PYROSCOPE_URL", url.as_str()),
+            ("OBSERVE_PYROSCOPE_EVERY_SECONDS", "2"),
+            ("OBSERVE_PYROSCOPE_TENANT", "team-a"),
+            ("OBSERVE_PYROSCOPE_USER", "user"),
+            ("OBSERVE_PYROSCOPE_PASSWORD", "secret"),
+        ],
+    );
+    let load = Load::start(example.addr, "/work?ms=5", 2, u64::MAX);
+    let pushes = wait_for_pushes(&receiver, 3, Duration::from_secs(30));
+    // Meanwhile an on-demand profile shares the sampler: no 409 because of the agent.
+    let on_demand = fetch(
+        example.addr,
+        "/debug/pprof/profile?seconds=1",
+        Duration::from_secs(30),
+    )
+    .expect("on-demand profile");
+    let (ok, failed) = load.finish();
+    assert_eq!(
+        on_demand.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&on_demand.body)
+    );
+    assert!(ok > 0 && failed == 0, "load: {ok} ok, {failed} failed");
+    assert!(pushes.len() >= 3, "{} pushes in 30 s", pushes.len());
+    for (i, push) in pushes.iter().enumerate() {
+        assert_eq!(push.method, "POST");
+        assert_eq!(push.path, "/ingest");
+        let q = &push.query;
+        assert_eq!(q["name"], format!("{package}{{service={package}}}"));
+        assert_eq!(q["format"], "pprof");
+        assert_eq!(q["sampleRate"], "99");
+        assert_eq!(q["spyName"], "observe");
+        let (from, until): (u64, u64) = (q["from"].parse().unwrap(), q["until"].parse().unwrap());
+        assert!(
+            from <= until && until - from <= 3,
+            "from {from} until {until}"
+        );
+        assert_eq!(push.headers["x-scope-orgid"], "team-a");
+        assert_eq!(push.headers["authorization"], "Basic dXNlcjpzZWNyZXQ=");
+        let profile = push.profile.as_ref().expect("a profile part");
+        assert_eq!(&profile[..2], &[0x1f, 0x8b], "gzipped pprof");
+        let file = std::env::temp_dir().join(format!("observe-push-{package}-{i}.pb.gz"));
+        std::fs::write(&file, profile).expect("write the pushed profile");
+        let out = go_tool_pprof(&["-top", file.to_str().unwrap()], Duration::from_secs(60));
+        let top = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The workload holds most of the CPU time (cumulative: in a debug build its flat time
+        // sits in the iterator functions it calls).
+        assert!(
+            cumulative_percent(&top, "busy_work::busy_work") >= 50.0,
+            "push {i}:\n{top}"
+        );
+        assert!(gunzip(profile).len() > 100);
+    }
+    assert!(uploads(&example, "ok") >= 3.0);
+    assert_eq!(uploads(&example, "failed"), 0.0);
+}
+
+#[test]
+fn axum_pushes_follow_the_ingest_api_and_profiles_show_the_workload() {
+    pushes_follow_the_ingest_api_and_profiles_show_the_workload("example-axum");
+}
+
+#[test]
+fn actix_pushes_follow_the_ingest_api_and_profiles_show_the_workload() {
+    pushes_follow_the_ingest_api_and_profiles_show_the_workload("example-actix");
+}
+
+/// A Pyroscope that refuses connections, then answers 500, then stalls: the service answers
+/// all along, its memory stays flat, and the counter shows every dropped window.
+#[test]
+fn an_outage_drops_windows_and_counts_them_without_touching_the_service() {
+    // A port nobody listens on yet: connections are refused.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .unwrap();
+    let example = Example::start(
+        "example-axum",
+        &[
+            ("OBSERVE_PYROSCOPE_URL", &format!("http://{port}")),
+            ("OBSERVE_PYROSCOPE_EVERY_SECONDS", "1"),
+            ("OBSERVE_PYROSCOPE_TIMEOUT_MS", "500"),
+        ],
+    );
+    let load = Load::start(example.addr, "/work?ms=2", 2, u64::MAX);
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_start = example.rss();
+    let mut phases = Vec::new();
+    let mut phase = |name: &str, seconds: u64| {
+        let before = uploads(&example, "failed");
+        std::thread::sleep(Duration::from_secs(seconds));
+        let after = uploads(&example, "failed");
+        println!(
+            "{name}: {} windows dropped in {seconds} s, RSS {:.1} MiB",
+            after - before,
+            example.rss() as f64 / MIB as f64
+        );
+        phases.push((name.to_owned(), after - before));
+    };
+    phase("refused", 5);
+    let receiver = Receiver::start_on(port, Mode::Fail);
+    phase("answering 500", 5);
+    receiver.set_mode(Mode::Stall);
+    phase("stalling", 8);
+    let rss_end = example.rss();
+    let (ok, failed) = load.finish();
+    println!(
+        "load: {ok} requests, {failed} failed; RSS {:.1} -> {:.1} MiB",
+        rss_start as f64 / MIB as f64,
+        rss_end as f64 / MIB as f64
+    );
+    assert_eq!(failed, 0, "every request was answered");
+    for (name, dropped) in &phases {
+        assert!(*dropped >= 1.0, "{name}: no window counted as dropped");
+    }
+    assert_eq!(uploads(&example, "ok"), 0.0);
+    assert!(
+        rss_end.saturating_sub(rss_start) < 8 * MIB,
+        "memory grew by {} MiB during the outage",
+        (rss_end - rss_start) / MIB
+    );
+    // The receiver saw the pushes it failed: the requests were well-formed all along.
+    assert!(receiver
+        .pushes()
+        .iter()
+        .all(|p| p.path == "/ingest" && p.profile.is_ok()));
+}
