@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use integration_tests::pyroscope::{Mode, Receiver};
 use integration_tests::{
     expand_variables, grafana_regex, has_data, parse_label_values, variable_query, wait_until,
     Dashboard, Example, Prometheus,
@@ -181,9 +182,17 @@ fn run_queries(
 
 #[test]
 fn every_dashboard_query_returns_data_on_real_traffic() {
+    // Continuous profiling on, to a local stand-in for Pyroscope's ingest API: the profiling
+    // row's queries need its counter.
+    let pyroscope = Receiver::start(Mode::Accept);
+    let url = pyroscope.url();
+    let profiling = [
+        ("OBSERVE_PYROSCOPE_URL", url.as_str()),
+        ("OBSERVE_PYROSCOPE_EVERY_SECONDS", "1"),
+    ];
     let examples: Vec<Example> = EXAMPLES
         .iter()
-        .map(|name| Example::start(name, &[]))
+        .map(|name| Example::start(name, &profiling))
         .collect();
     let prom = Prometheus::start(&[], &scrape_config(&examples));
 

@@ -62,7 +62,7 @@ pub use observe_core::{self, prometheus, HttpMetrics, ObserveBuilder, ObserveErr
 #[cfg(feature = "jemalloc-heap-profile")]
 pub use observe_pprof::jemalloc_heap_profiling;
 #[cfg(feature = "pprof")]
-pub use observe_pprof::{self, Access, ContinuousProfiling, Pprof};
+pub use observe_pprof::{self, Access, ContinuousProfiling, Pprof, ProfilingSettings};
 #[cfg(feature = "pprof")]
 pub use pprof::{pprof_routes, serve_pprof_on_loopback};
 pub use service::ObserveMiddleware;

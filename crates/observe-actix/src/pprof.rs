@@ -3,55 +3,20 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
-use observe_pprof::{AccessRequest, ContinuousProfiling, Pprof, PprofError, ProfileJob};
+use observe_core::HttpMetrics;
+use observe_pprof::{AccessRequest, Pprof, ProfileJob, ProfilingSettings};
 
 use crate::connection::ClientSocket;
 use crate::middleware::Observe;
 use crate::routes::into_response;
 
-impl Observe {
-    /// Serves `pprof` under `/debug/pprof` from [`routes`](Self::routes) instead of the
-    /// default ([`Pprof::new`]: loopback clients only, at most 60 s, no `cmdline`).
-    ///
-    /// ```
-    /// use observe_actix::{Access, Observe, Pprof};
-    ///
-    /// let token = std::env::var("PPROF_TOKEN").unwrap_or_else(|_| "change-me".into());
-    /// let observe = Observe::new("checkout")
-    ///     .with_pprof(Pprof::builder().access(Access::bearer_token(token)?).build());
-    /// # Ok::<(), observe_actix::observe_pprof::PprofError>(())
-    /// ```
-    pub fn with_pprof(mut self, pprof: Pprof) -> Self {
-        self.pprof = Some(pprof);
-        self
+impl ProfilingSettings for Observe {
+    fn pprof_setting(&mut self) -> &mut Option<Pprof> {
+        &mut self.pprof
     }
 
-    /// Pushes a CPU profile of the process to Pyroscope every 10 s (see
-    /// [`ContinuousProfiling`]), from now for as long as this service's registry lives (what
-    /// `/metrics` serves). The app name defaults to the service name, which is also the
-    /// `service` label; `observe_profile_uploads_total{result}` on the registry counts the
-    /// pushes. `/debug/pprof/profile` shares the sampling meanwhile.
-    ///
-    /// ```no_run
-    /// use observe_actix::{ContinuousProfiling, Observe};
-    ///
-    /// let observe = Observe::new("checkout")
-    ///     .with_continuous_profiling(ContinuousProfiling::to("http://pyroscope:4040")?)?;
-    /// # Ok::<(), observe_actix::observe_pprof::PprofError>(())
-    /// ```
-    pub fn with_continuous_profiling(
-        self,
-        profiling: ContinuousProfiling,
-    ) -> Result<Self, PprofError> {
-        profiling.start_for_service(&self.metrics)?;
-        Ok(self)
-    }
-
-    /// [`routes`](Self::routes) serves `/metrics` only; serve the profiles elsewhere, e.g.
-    /// with [`serve_pprof_on_loopback`](crate::serve_pprof_on_loopback).
-    pub fn without_pprof(mut self) -> Self {
-        self.pprof = None;
-        self
+    fn profiled_metrics(&self) -> &HttpMetrics {
+        &self.metrics
     }
 }
 
@@ -85,7 +50,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, pprof: Pprof) {
 ///
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
-/// use observe_actix::{Observe, Pprof};
+/// use observe_actix::{Observe, Pprof, ProfilingSettings};
 ///
 /// let observe = Observe::new("checkout").without_pprof();
 /// let admin = observe_actix::serve_pprof_on_loopback(6060, Pprof::new())?;

@@ -46,6 +46,9 @@ pub enum PprofError {
     /// enable it.
     #[error("{0}")]
     HeapUnavailable(String),
+    /// The profile could need more memory than the configured budget allows.
+    #[error("{0}")]
+    OverBudget(String),
     /// The client went away before the profile was complete.
     #[error("the client went away; profiling stopped early")]
     Cancelled,
@@ -72,6 +75,7 @@ impl PprofError {
             PprofError::Busy | PprofError::HeapBusy => 409,
             PprofError::UnknownProfile { .. } | PprofError::CmdlineDisabled => 404,
             PprofError::HeapUnavailable(_) => 501,
+            PprofError::OverBudget(_) => 503,
             // nginx's "client closed request": nobody reads it, but logs do.
             PprofError::Cancelled => 499,
             PprofError::Sampler(_) | PprofError::Encode(_) => 500,

@@ -52,6 +52,7 @@ use std::task::Poll;
 use observe_core::adapter::{Answer, TEXT_PLAIN};
 
 mod access;
+mod budget;
 mod continuous;
 mod cpu;
 mod error;
@@ -62,9 +63,11 @@ mod proto;
 mod pyroscope;
 mod response;
 mod sampler;
+mod settings;
 mod symbols;
 
 pub use access::{Access, AccessRequest};
+pub use budget::DEFAULT_MEMORY_BUDGET;
 pub use continuous::{ContinuousProfiler, ContinuousProfiling, UPLOADS_METRIC};
 pub use cpu::{CpuProfile, CpuProfiler};
 pub use error::PprofError;
@@ -72,6 +75,7 @@ pub use params::{
     ProfileParams, DEFAULT_FREQUENCY, DEFAULT_MAX_SECONDS, DEFAULT_SECONDS, MAX_FREQUENCY,
 };
 pub use response::error;
+pub use settings::ProfilingSettings;
 
 /// jemalloc as Rust's global allocator, built with its heap profiler (the
 /// `jemalloc-heap-profile` feature):
@@ -127,6 +131,7 @@ struct Config {
     max_seconds: u64,
     cmdline: bool,
     access: Access,
+    memory_budget: u64,
 }
 
 impl Default for Config {
@@ -135,6 +140,7 @@ impl Default for Config {
             max_seconds: DEFAULT_MAX_SECONDS,
             cmdline: false,
             access: Access::default(),
+            memory_budget: DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -177,6 +183,15 @@ impl PprofBuilder {
         }
         self.config.max_seconds = seconds;
         Ok(self)
+    }
+
+    /// What a CPU or heap profile may add to the process's memory at worst (default
+    /// 32 MiB). A request whose worst case would not fit is answered `503` with the figures,
+    /// so that profiling a small container never gets it killed; `docs/pprof.md` gives the
+    /// worst case and what profiles use in practice.
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.config.memory_budget = bytes;
+        self
     }
 
     /// Serves `/debug/pprof/cmdline` (default off: arguments can hold secrets).
@@ -291,6 +306,10 @@ impl Pprof {
                     Ok(params) => params,
                     Err(e) => return Handled::Ready(e.into()),
                 };
+                let budget = self.config.memory_budget;
+                if let Err(e) = budget::check("CPU profile", budget::cpu_profile(), budget) {
+                    return Handled::Ready(e.into());
+                }
                 match CpuProfiler::acquire() {
                     Ok(profiler) => Work::Cpu {
                         profiler,
@@ -300,10 +319,14 @@ impl Pprof {
                     Err(e) => return Handled::Ready(e.into()),
                 }
             }
-            "heap" => match heap::availability() {
-                Ok(()) => Work::Heap,
-                Err(e) => return Handled::Ready(e.into()),
-            },
+            "heap" => {
+                let budget = self.config.memory_budget;
+                let fits = budget::check("heap profile", budget::heap_profile(), budget);
+                match heap::availability().and(fits) {
+                    Ok(()) => Work::Heap,
+                    Err(e) => return Handled::Ready(e.into()),
+                }
+            }
             "cmdline" if self.config.cmdline => {
                 let args: Vec<String> = std::env::args().collect();
                 return Handled::Ready(Answer::ok(TEXT_PLAIN, args.join("\0").into_bytes()));
@@ -500,6 +523,27 @@ mod tests {
         }
         let remote = AccessRequest::new("/debug/pprof/", Some([192, 0, 2, 1].into()));
         assert_eq!(ready(Pprof::new().handle(&remote, "", None)).status, 403);
+    }
+
+    #[test]
+    fn a_profile_whose_worst_case_exceeds_the_memory_budget_is_503_with_the_figures() {
+        let pprof = Pprof::builder().memory_budget(1024 * 1024).build();
+        for profile in ["profile", "flamegraph"] {
+            let r = ready(pprof.handle(&local(), profile, Some("seconds=1")));
+            assert_eq!(r.status, 503, "{}", r.body_text());
+            assert!(
+                r.body_text().contains("1.0 MiB memory budget"),
+                "{}",
+                r.body_text()
+            );
+            assert!(has_go_pprof_header(&r));
+        }
+        // The default budget fits a CPU profile of this process.
+        let _serial = cpu::one_profiling_test_at_a_time();
+        assert!(matches!(
+            Pprof::new().handle(&local(), "profile", Some("seconds=1")),
+            Handled::Blocking(_)
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 
 use object::read::ReadCache;
-use object::{Object, ObjectSegment, ObjectSymbol, ObjectSymbolTable, SymbolKind};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ObjectSymbolTable, SymbolKind};
 
 /// A function as the profile names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -166,6 +166,29 @@ fn names_in(path: &str, addresses: &[(usize, u64)]) -> Option<HashMap<usize, Str
     Some(names)
 }
 
+/// What reading the symbol tables of every module mapped in this process takes: the
+/// `.symtab` and `.strtab` sections (or `.dynsym` and `.dynstr` of a stripped module), from
+/// the section headers alone.
+pub(crate) fn table_bytes() -> u64 {
+    let mut paths: Vec<String> = executable_mappings().into_iter().map(|m| m.path).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    paths.iter().map(|path| module_table_bytes(path)).sum()
+}
+
+fn module_table_bytes(path: &str) -> u64 {
+    let Ok(file) = File::open(path) else { return 0 };
+    let cache = ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return 0;
+    };
+    let size = |name: &str| elf.section_by_name(name).map_or(0, |s| s.size());
+    match size(".symtab") {
+        0 => size(".dynsym") + size(".dynstr"),
+        symtab => symtab + size(".strtab"),
+    }
+}
+
 /// The executable mappings of files in this process.
 fn executable_mappings() -> Vec<Mapping> {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
@@ -215,5 +238,11 @@ mod tests {
         assert_eq!(symbols.functions[symbols.addresses[&8]].name, "0x8");
         let libc = &symbols.functions[symbols.addresses[&in_libc]];
         assert!(libc.name.contains("getpid"), "{libc:?}");
+    }
+
+    #[test]
+    fn the_symbol_tables_of_this_test_binary_are_counted() {
+        // This binary's own .symtab alone is well over 100 KiB.
+        assert!(table_bytes() > 100 * 1024, "{}", table_bytes());
     }
 }

@@ -6,54 +6,19 @@ use axum::extract::{ConnectInfo, Path, Request};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use observe_pprof::{AccessRequest, ContinuousProfiling, Pprof, PprofError, ProfileJob};
+use observe_core::HttpMetrics;
+use observe_pprof::{AccessRequest, Pprof, ProfileJob, ProfilingSettings};
 
 use crate::layer::ObserveLayer;
 use crate::routes::into_response;
 
-impl ObserveLayer {
-    /// Serves `pprof` under `/debug/pprof` from [`routes`](Self::routes) instead of the
-    /// default ([`Pprof::new`]: loopback clients only, at most 60 s, no `cmdline`).
-    ///
-    /// ```
-    /// use observe_tower::{Access, ObserveLayer, Pprof};
-    ///
-    /// let token = std::env::var("PPROF_TOKEN").unwrap_or_else(|_| "change-me".into());
-    /// let observe = ObserveLayer::new("checkout")
-    ///     .with_pprof(Pprof::builder().access(Access::bearer_token(token)?).build());
-    /// # Ok::<(), observe_tower::observe_pprof::PprofError>(())
-    /// ```
-    pub fn with_pprof(mut self, pprof: Pprof) -> Self {
-        self.pprof = Some(pprof);
-        self
+impl ProfilingSettings for ObserveLayer {
+    fn pprof_setting(&mut self) -> &mut Option<Pprof> {
+        &mut self.pprof
     }
 
-    /// Pushes a CPU profile of the process to Pyroscope every 10 s (see
-    /// [`ContinuousProfiling`]), from now for as long as this service's registry lives (what
-    /// `/metrics` serves). The app name defaults to the service name, which is also the
-    /// `service` label; `observe_profile_uploads_total{result}` on the registry counts the
-    /// pushes. `/debug/pprof/profile` shares the sampling meanwhile.
-    ///
-    /// ```no_run
-    /// use observe_tower::{ContinuousProfiling, ObserveLayer};
-    ///
-    /// let observe = ObserveLayer::new("checkout")
-    ///     .with_continuous_profiling(ContinuousProfiling::to("http://pyroscope:4040")?)?;
-    /// # Ok::<(), observe_tower::observe_pprof::PprofError>(())
-    /// ```
-    pub fn with_continuous_profiling(
-        self,
-        profiling: ContinuousProfiling,
-    ) -> Result<Self, PprofError> {
-        profiling.start_for_service(&self.metrics)?;
-        Ok(self)
-    }
-
-    /// [`routes`](Self::routes) serves `/metrics` only; serve the profiles elsewhere, e.g.
-    /// with [`serve_pprof_on_loopback`](crate::serve_pprof_on_loopback).
-    pub fn without_pprof(mut self) -> Self {
-        self.pprof = None;
-        self
+    fn profiled_metrics(&self) -> &HttpMetrics {
+        &self.metrics
     }
 }
 
@@ -90,7 +55,7 @@ where
 ///
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
-/// use observe_tower::{ObserveLayer, Pprof};
+/// use observe_tower::{ObserveLayer, Pprof, ProfilingSettings};
 ///
 /// let observe = ObserveLayer::new("checkout").without_pprof();
 /// let admin = observe_tower::serve_pprof_on_loopback(6060, Pprof::new()).await?;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::routing::get;
 use axum::Router;
-use observe_tower::{Access, ObserveLayer, Pprof};
+use observe_tower::{Access, ObserveLayer, Pprof, ProfilingSettings};
 
 /// Serves `app` on a loopback port, with or without the client address in the requests.
 async fn serve(app: Router, connect_info: bool) -> SocketAddr {

@@ -22,7 +22,7 @@ use actix_web::error::ErrorBadRequest;
 use actix_web::{guard, web, App, HttpResponse, HttpServer, Responder, Route};
 use bytes::Bytes;
 use observe_actix::observe_pprof;
-use observe_actix::Observe;
+use observe_actix::{Observe, ProfilingSettings};
 use serde::Deserialize;
 use serde_json::json;
 

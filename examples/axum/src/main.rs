@@ -25,7 +25,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use observe_tower::observe_pprof;
-use observe_tower::ObserveLayer;
+use observe_tower::{ObserveLayer, ProfilingSettings};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

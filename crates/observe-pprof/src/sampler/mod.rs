@@ -22,6 +22,7 @@ mod ring;
 mod signal;
 
 use ring::Ring;
+pub(crate) use ring::MAX_DEPTH;
 
 /// How often the sampler's thread moves samples from the ring to the subscribers.
 pub(crate) const DRAIN_EVERY: Duration = Duration::from_millis(20);

@@ -1,0 +1,47 @@
+//! What a profile may need in memory at worst, checked against the configured budget before
+//! it starts: a request that would not fit is answered 503, never an out-of-memory kill.
+//!
+//! The worst case, not the usual: a CPU profile keeps at most [`MAX_STACKS`] stacks of at
+//! most [`MAX_DEPTH`] frames, symbolizing reads the symbol tables of the modules mapped in
+//! the process, and encoding holds about as much again as the stacks. The examples need
+//! ~2 MiB in practice (`docs/performance.md`); their worst case is ~24 MiB.
+
+use crate::error::PprofError;
+use crate::sampler::{MAX_DEPTH, MAX_STACKS};
+
+/// The default budget: what a profile may add to the process's memory at its peak.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 32 * MIB;
+
+const MIB: u64 = 1024 * 1024;
+
+/// The ring the signal handler writes into.
+const RING: u64 = 264 * 1024;
+/// A kept stack: its frames, its count and the map's overhead.
+const STACK: u64 = (MAX_DEPTH as u64) * 8 + 64;
+/// What a heap profile holds besides the symbol tables: jemalloc's dump, parsed, and its
+/// encoding (a dump of the examples is ~100 KiB).
+const HEAP_DUMP: u64 = 8 * MIB;
+
+/// What a CPU profile needs at worst.
+pub(crate) fn cpu_profile() -> u64 {
+    let stacks = MAX_STACKS as u64 * STACK;
+    RING + 2 * stacks + crate::symbols::table_bytes()
+}
+
+/// What a heap profile needs at worst.
+pub(crate) fn heap_profile() -> u64 {
+    HEAP_DUMP + crate::symbols::table_bytes()
+}
+
+/// `Ok` when `need` fits in `budget`.
+pub(crate) fn check(what: &str, need: u64, budget: u64) -> Result<(), PprofError> {
+    if need <= budget {
+        return Ok(());
+    }
+    Err(PprofError::OverBudget(format!(
+        "a {what} may need up to {:.1} MiB here, more than the {:.1} MiB memory budget; \
+         raise it with Pprof::builder().memory_budget(bytes) if the process can afford it",
+        need as f64 / MIB as f64,
+        budget as f64 / MIB as f64
+    )))
+}
