@@ -78,31 +78,54 @@ fn example_rss_reader(example: &Example) -> impl Fn() -> u64 + Send + 'static {
     }
 }
 
-fn report(what: &str, m: &Measured) {
-    println!(
-        "{what}: RSS before {:.1} MiB, peak {:.1} MiB (+{:.1}), after {:.1} MiB (+{:.1})",
-        m.before as f64 / MIB as f64,
-        m.peak as f64 / MIB as f64,
-        m.peak.saturating_sub(m.before) as f64 / MIB as f64,
-        m.after as f64 / MIB as f64,
-        m.after.saturating_sub(m.before) as f64 / MIB as f64,
-    );
+impl Measured {
+    /// Prints the figures and asserts the bounds `docs/pprof.md` states.
+    fn report_and_check(&self, what: &str) {
+        let mib = |bytes: u64| bytes as f64 / MIB as f64;
+        let (added, left) = (
+            self.peak.saturating_sub(self.before),
+            self.after.saturating_sub(self.before),
+        );
+        println!(
+            "{what}: RSS before {:.1} MiB, peak {:.1} MiB (+{:.1}), after {:.1} MiB (+{:.1})",
+            mib(self.before),
+            mib(self.peak),
+            mib(added),
+            mib(self.after),
+            mib(left),
+        );
+        assert!(
+            added <= PEAK_BOUND,
+            "{what}: added {:.1} MiB at its peak",
+            mib(added)
+        );
+        assert!(
+            left <= RETAINED_BOUND,
+            "{what}: left {:.1} MiB behind",
+            mib(left)
+        );
+    }
+}
+
+/// Fetches `path` from the release `package` under load; the answer's body.
+fn profile_under_load(package: &str, path: &str, what: &str) -> Vec<u8> {
+    let example = Example::start_release(package, &[]);
+    let load = Load::start(example.addr, "/work?ms=2", 2, u64::MAX);
+    let (measured, body) = measure(&example, path);
+    let (ok, failed) = load.finish();
+    assert!(ok > 0 && failed == 0, "load: {ok} ok, {failed} failed");
+    measured.report_and_check(&format!("{package}, {what}"));
+    body
 }
 
 fn cpu_profile_memory_is_bounded(package: &str) {
-    let example = Example::start_release(package, &[]);
-    let load = Load::start(example.addr, "/work?ms=2", 2, u64::MAX);
-    let (m, body) = measure(&example, "/debug/pprof/profile?seconds=30&frequency=99");
-    let (ok, failed) = load.finish();
-    report(&format!("{package}, 30 s CPU profile at 99 Hz"), &m);
-    assert!(ok > 0 && failed == 0, "load: {ok} ok, {failed} failed");
+    let path = "/debug/pprof/profile?seconds=30&frequency=99";
+    let body = profile_under_load(package, path, "30 s CPU profile at 99 Hz");
     // The profile is real: go tool pprof reads it and names the workload.
     let file = std::env::temp_dir().join(format!("observe-memory-{package}.pb.gz"));
     std::fs::write(&file, &body).expect("write the profile");
-    let out = go_tool_pprof(
-        &["-top", file.to_str().expect("utf-8 path")],
-        Duration::from_secs(120),
-    );
+    let file = file.to_str().expect("utf-8 path");
+    let out = go_tool_pprof(&["-top", file], Duration::from_secs(120));
     let top = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -110,35 +133,10 @@ fn cpu_profile_memory_is_bounded(package: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(top.contains("busy_work"), "{top}");
-    assert!(
-        m.peak - m.before <= PEAK_BOUND,
-        "the profile added {} MiB at its peak",
-        (m.peak - m.before) / MIB
-    );
-    assert!(
-        m.after.saturating_sub(m.before) <= RETAINED_BOUND,
-        "the profile left {} MiB behind",
-        (m.after - m.before) / MIB
-    );
 }
 
 fn heap_profile_memory_is_bounded(package: &str) {
-    let example = Example::start_release(package, &[]);
-    let load = Load::start(example.addr, "/work?ms=2", 2, u64::MAX);
-    let (m, _) = measure(&example, "/debug/pprof/heap");
-    let (ok, failed) = load.finish();
-    report(&format!("{package}, heap profile"), &m);
-    assert!(ok > 0 && failed == 0, "load: {ok} ok, {failed} failed");
-    assert!(
-        m.peak - m.before <= PEAK_BOUND,
-        "peak +{} MiB",
-        (m.peak - m.before) / MIB
-    );
-    assert!(
-        m.after.saturating_sub(m.before) <= RETAINED_BOUND,
-        "retained +{} MiB",
-        (m.after - m.before) / MIB
-    );
+    profile_under_load(package, "/debug/pprof/heap", "heap profile");
 }
 
 #[test]

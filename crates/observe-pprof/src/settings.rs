@@ -11,12 +11,24 @@ use crate::{ContinuousProfiling, Pprof, PprofError};
 /// ProfilingSettings}`).
 ///
 /// ```
-/// use observe_tower::{Access, ObserveLayer, Pprof, ProfilingSettings};
+/// use observe_pprof::{Access, Pprof, ProfilingSettings};
+/// # // What an adapter writes once for its middleware:
+/// # struct ObserveLayer { metrics: observe_core::HttpMetrics, pprof: Option<Pprof> }
+/// # impl ObserveLayer {
+/// #     fn new(service: &str) -> Self {
+/// #         ObserveLayer { metrics: observe_core::HttpMetrics::new(service), pprof: Some(Pprof::new()) }
+/// #     }
+/// # }
+/// # impl ProfilingSettings for ObserveLayer {
+/// #     fn pprof_setting(&mut self) -> &mut Option<Pprof> { &mut self.pprof }
+/// #     fn profiled_metrics(&self) -> &observe_core::HttpMetrics { &self.metrics }
+/// # }
 ///
 /// let token = std::env::var("PPROF_TOKEN").unwrap_or_else(|_| "change-me".into());
-/// let observe = ObserveLayer::new("checkout")
+/// let observe = ObserveLayer::new("checkout") // observe_tower::ObserveLayer, observe_actix::Observe
 ///     .with_pprof(Pprof::builder().access(Access::bearer_token(token)?).build());
-/// # Ok::<(), observe_tower::observe_pprof::PprofError>(())
+/// # assert!(observe.pprof.is_some());
+/// # Ok::<(), observe_pprof::PprofError>(())
 /// ```
 pub trait ProfilingSettings: Sized {
     /// For adapters: where the middleware keeps what `routes()` serve under `/debug/pprof`.
@@ -46,11 +58,21 @@ pub trait ProfilingSettings: Sized {
     /// pushes. `/debug/pprof/profile` shares the sampling meanwhile.
     ///
     /// ```no_run
-    /// use observe_tower::{ContinuousProfiling, ObserveLayer, ProfilingSettings};
+    /// use observe_pprof::{ContinuousProfiling, Pprof, ProfilingSettings};
+    /// # struct ObserveLayer { metrics: observe_core::HttpMetrics, pprof: Option<Pprof> }
+    /// # impl ObserveLayer {
+    /// #     fn new(service: &str) -> Self {
+    /// #         ObserveLayer { metrics: observe_core::HttpMetrics::new(service), pprof: None }
+    /// #     }
+    /// # }
+    /// # impl ProfilingSettings for ObserveLayer {
+    /// #     fn pprof_setting(&mut self) -> &mut Option<Pprof> { &mut self.pprof }
+    /// #     fn profiled_metrics(&self) -> &observe_core::HttpMetrics { &self.metrics }
+    /// # }
     ///
-    /// let observe = ObserveLayer::new("checkout")
+    /// let observe = ObserveLayer::new("checkout") // observe_tower::ObserveLayer, observe_actix::Observe
     ///     .with_continuous_profiling(ContinuousProfiling::to("http://pyroscope:4040")?)?;
-    /// # Ok::<(), observe_tower::observe_pprof::PprofError>(())
+    /// # Ok::<(), observe_pprof::PprofError>(())
     /// ```
     fn with_continuous_profiling(self, profiling: ContinuousProfiling) -> Result<Self, PprofError> {
         profiling.start_for_service(self.profiled_metrics())?;
