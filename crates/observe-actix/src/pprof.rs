@@ -4,7 +4,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use observe_core::HttpMetrics;
-use observe_pprof::{AccessRequest, Pprof, ProfileJob, ProfilingSettings};
+use observe_pprof::adapter::ProfileJob;
+use observe_pprof::{AccessRequest, Pprof, ProfilingSettings};
 
 use crate::connection::ClientSocket;
 use crate::middleware::Observe;

@@ -45,7 +45,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -58,6 +58,7 @@ mod cpu;
 mod error;
 mod heap;
 mod index;
+mod job;
 mod params;
 mod proto;
 mod pyroscope;
@@ -74,8 +75,20 @@ pub use error::PprofError;
 pub use params::{
     ProfileParams, DEFAULT_FREQUENCY, DEFAULT_MAX_SECONDS, DEFAULT_SECONDS, MAX_FREQUENCY,
 };
-pub use response::error;
 pub use settings::ProfilingSettings;
+
+/// What only a framework adapter needs: the steps of [`Pprof::answer`] one at a time, the
+/// route templates to mount, and the error answer `go tool pprof` shows.
+pub mod adapter {
+    pub use crate::job::{CancelOnDrop, Handled, ProfileJob};
+    pub use crate::response::error;
+
+    /// The route templates adapters register, in the framework-neutral `{name}` syntax. They are
+    /// among observe-core's default excluded routes, so profiles never count as traffic.
+    pub const PPROF_ROUTES: [&str; 3] = ["/debug/pprof", "/debug/pprof/", "/debug/pprof/{profile}"];
+}
+
+use job::{Handled, ProfileJob, Work};
 
 /// jemalloc as Rust's global allocator, built with its heap profiler (the
 /// `jemalloc-heap-profile` feature):
@@ -115,10 +128,6 @@ macro_rules! jemalloc_heap_profiling {
             &b"prof:true,prof_active:true,lg_prof_sample:19\0"[0];
     };
 }
-
-/// The route templates adapters register, in the framework-neutral `{name}` syntax. They are
-/// among observe-core's default excluded routes, so profiles never count as traffic.
-pub const PPROF_ROUTES: [&str; 3] = ["/debug/pprof", "/debug/pprof/", "/debug/pprof/{profile}"];
 
 /// The configured `/debug/pprof` endpoints. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -205,75 +214,6 @@ impl PprofBuilder {
         Pprof {
             config: Arc::new(self.config),
         }
-    }
-}
-
-/// What [`Pprof::handle`] made of a request: its answer, or the blocking work that gives it.
-#[derive(Debug)]
-#[must_use]
-pub enum Handled {
-    /// The answer, at once (the index, `cmdline`, any error, 409).
-    Ready(Answer),
-    /// Blocking work: run [`ProfileJob::run`] on a blocking thread.
-    Blocking(ProfileJob),
-}
-
-/// A profile to take, off the async workers. For a CPU profile it already holds the process's
-/// profiler, so a concurrent request has been answered 409.
-#[derive(Debug)]
-pub struct ProfileJob {
-    work: Work,
-    cancel: Arc<AtomicBool>,
-}
-
-#[derive(Debug)]
-enum Work {
-    Cpu {
-        profiler: CpuProfiler,
-        params: ProfileParams,
-        flamegraph: bool,
-    },
-    Heap,
-}
-
-/// Stops the [`ProfileJob`] it came from when dropped. Keep it in the request's future:
-/// a client that disconnects drops the future, and the profiler is free again within ~25 ms.
-#[derive(Debug)]
-pub struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-impl ProfileJob {
-    /// A guard that stops this job when dropped (harmless once the job is done).
-    pub fn cancel_on_drop(&self) -> CancelOnDrop {
-        CancelOnDrop(self.cancel.clone())
-    }
-
-    /// Takes the profile and encodes it. Blocks for the profile's duration.
-    pub fn run(self) -> Answer {
-        let result = match self.work {
-            Work::Cpu {
-                profiler,
-                params,
-                flamegraph,
-            } => profiler.record(params, &self.cancel).and_then(|profile| {
-                if flamegraph {
-                    profile
-                        .to_flamegraph()
-                        .map(|svg| Answer::ok("image/svg+xml", svg))
-                } else {
-                    profile
-                        .to_pprof()
-                        .map(|pb| response::attachment(pb, "profile"))
-                }
-            }),
-            Work::Heap => heap::dump().map(|pb| response::attachment(pb, "heap")),
-        };
-        result.unwrap_or_else(Answer::from)
     }
 }
 
@@ -381,7 +321,7 @@ impl Pprof {
             Poll::Pending
         })
         .await;
-        ran.unwrap_or_else(|e| error(500, &format!("profiling failed: {e}")))
+        ran.unwrap_or_else(|e| response::error(500, &format!("profiling failed: {e}")))
     }
 
     /// Where a request for the index without its trailing slash (`/debug/pprof`) is sent, so
@@ -544,6 +484,13 @@ mod tests {
             Pprof::new().handle(&local(), "profile", Some("seconds=1")),
             Handled::Blocking(_)
         ));
+    }
+
+    #[test]
+    fn the_routes_adapters_mount_are_excluded_from_the_red_metrics_by_default() {
+        for route in adapter::PPROF_ROUTES {
+            assert!(observe_core::DEFAULT_EXCLUDED_ROUTES.contains(&route), "{route}");
+        }
     }
 
     #[test]

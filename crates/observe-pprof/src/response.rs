@@ -14,7 +14,7 @@ pub(crate) fn attachment(body: Vec<u8>, filename: &str) -> Answer {
 /// A one-line `text/plain` error that `go tool pprof` shows as is.
 ///
 /// ```
-/// let answer = observe_pprof::error(500, "profiling failed: no thread");
+/// let answer = observe_pprof::adapter::error(500, "profiling failed: no thread");
 /// assert_eq!(answer.status, 500);
 /// assert_eq!(answer.header("x-go-pprof"), Some("1"));
 /// assert_eq!(answer.body_text(), "profiling failed: no thread\n");

@@ -7,7 +7,8 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use observe_core::HttpMetrics;
-use observe_pprof::{AccessRequest, Pprof, ProfileJob, ProfilingSettings};
+use observe_pprof::adapter::ProfileJob;
+use observe_pprof::{AccessRequest, Pprof, ProfilingSettings};
 
 use crate::layer::ObserveLayer;
 use crate::routes::into_response;
