@@ -489,7 +489,10 @@ mod tests {
     #[test]
     fn the_routes_adapters_mount_are_excluded_from_the_red_metrics_by_default() {
         for route in adapter::PPROF_ROUTES {
-            assert!(observe_core::DEFAULT_EXCLUDED_ROUTES.contains(&route), "{route}");
+            assert!(
+                observe_core::DEFAULT_EXCLUDED_ROUTES.contains(&route),
+                "{route}"
+            );
         }
     }
 
