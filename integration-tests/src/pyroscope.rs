@@ -21,6 +21,8 @@ pub enum Mode {
     Fail = 1,
     /// Reads the push, then holds the connection without answering.
     Stall = 2,
+    /// `401 Unauthorized`, as a server with other credentials answers.
+    Unauthorized = 3,
 }
 
 /// One push as received.
@@ -143,6 +145,11 @@ fn handle(stream: TcpStream, mode: &AtomicU8, pushes: &Mutex<Vec<Push>>) {
         1 => {
             let _ = stream.write_all(
                 b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown",
+            );
+        }
+        3 => {
+            let _ = stream.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             );
         }
         _ => {

@@ -188,3 +188,32 @@ fn an_outage_drops_windows_and_counts_them_without_touching_the_service() {
         .iter()
         .all(|p| p.path == "/ingest" && p.profile.is_ok()));
 }
+
+/// A server that refuses a push (4xx: wrong credentials, limits) gets it once: the window is
+/// counted as refused and dropped, never retried.
+#[test]
+fn a_refused_push_is_counted_and_not_retried() {
+    let receiver = Receiver::start(Mode::Unauthorized);
+    let url = receiver.url();
+    let example = Example::start(
+        "example-actix",
+        &[
+            ("OBSERVE_PYROSCOPE_URL", url.as_str()),
+            ("OBSERVE_PYROSCOPE_EVERY_SECONDS", "1"),
+        ],
+    );
+    let load = Load::start(example.addr, "/work?ms=2", 1, u64::MAX);
+    wait_for_pushes(&receiver, 3, Duration::from_secs(30));
+    let (ok, failed) = load.finish();
+    assert!(ok > 0 && failed == 0, "load: {ok} ok, {failed} failed");
+    // Counted after the answer: read the counter first, then the pushes the server saw.
+    let refused = uploads(&example, "refused");
+    let pushes = receiver.pushes().len() as f64;
+    assert!(refused >= 3.0, "refused: {refused}");
+    assert!(
+        pushes - refused <= 1.0,
+        "{pushes} pushes for {refused} refused windows"
+    );
+    assert_eq!(uploads(&example, "failed"), 0.0);
+    assert_eq!(uploads(&example, "ok"), 0.0);
+}
