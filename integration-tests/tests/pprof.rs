@@ -400,6 +400,46 @@ fn debug_routes_stay_out_of_the_red_metrics(package: &str) {
     );
 }
 
+/// Behind a proxy on the same host every client is 127.0.0.1: the default loopback rule
+/// refuses a request that carries a proxy header, and says what to use instead.
+fn a_request_through_a_proxy_is_refused_by_the_loopback_rule(package: &str) {
+    use std::io::Read;
+
+    let example = Example::start(package, &[]);
+    assert_eq!(
+        get(&example, "/debug/pprof/").status,
+        200,
+        "direct, from loopback"
+    );
+    for header in [
+        "X-Forwarded-For: 203.0.113.7",
+        "Forwarded: for=203.0.113.7;proto=https",
+        "X-Real-IP: 203.0.113.7",
+    ] {
+        let mut tcp = TcpStream::connect(example.addr).expect("connect");
+        write!(
+            tcp,
+            "GET /debug/pprof/ HTTP/1.0\r\nHost: example\r\n{header}\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).expect("answer");
+        let answer = text(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.0 403") || answer.starts_with("HTTP/1.1 403"),
+            "{header}: {answer}"
+        );
+        assert!(
+            answer.contains("Access::bearer_token"),
+            "{header}: {answer}"
+        );
+        assert!(
+            answer.contains("serve_pprof_on_loopback"),
+            "{header}: {answer}"
+        );
+    }
+}
+
 /// The same scenarios against both examples: the endpoints are observe-core's, mounted by
 /// each adapter.
 macro_rules! for_both_examples {
@@ -429,4 +469,5 @@ for_both_examples!(
     repeated_profiles_under_load_break_no_response,
     heap_profiling_off_at_run_time_is_501_saying_how_to_enable_it,
     debug_routes_stay_out_of_the_red_metrics,
+    a_request_through_a_proxy_is_refused_by_the_loopback_rule,
 );

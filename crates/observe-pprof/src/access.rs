@@ -113,8 +113,10 @@ impl Default for Access {
 }
 
 impl Access {
-    /// Only clients whose address is loopback (`127.0.0.0/8`, `::1`). Behind a reverse proxy
-    /// on the same host every client looks local: use a token there.
+    /// Only clients whose address is loopback (`127.0.0.0/8`, `::1`), and that did not come
+    /// through a proxy: behind a reverse proxy on the same host every client looks local, so a
+    /// request carrying `Forwarded`, `X-Forwarded-For` or `X-Real-IP` is refused (403) with a
+    /// message that says to use a token or the loopback admin listener there.
     pub fn loopback_only() -> Self {
         Access(Rule::Loopback)
     }
@@ -147,6 +149,18 @@ impl Access {
         match &self.0 {
             Rule::Anyone => Ok(()),
             Rule::Loopback => match req.peer() {
+                // A local proxy (nginx, a sidecar, a tunnel) makes every client look local;
+                // the headers it adds say so.
+                Some(ip) if is_loopback(ip) && proxied(req).is_some() => Err(response::error(
+                    403,
+                    &format!(
+                        "forbidden: this request came through a proxy ({} header), so its loopback \
+                         address says nothing about the client; behind a proxy use \
+                         Access::bearer_token, or serve /debug/pprof on a loopback admin listener \
+                         (serve_pprof_on_loopback); see docs/pprof.md",
+                        proxied(req).unwrap_or_default()
+                    ),
+                )),
                 Some(ip) if is_loopback(ip) => Ok(()),
                 Some(_) => Err(response::error(
                     403,
@@ -191,6 +205,17 @@ impl Access {
     }
 }
 
+/// The headers reverse proxies add to say whom they forward for (RFC 7239 and the de facto
+/// ones); a request that carries one came through a proxy.
+const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
+/// The first proxy header `req` carries.
+fn proxied(req: &AccessRequest<'_>) -> Option<&'static str> {
+    PROXY_HEADERS
+        .into_iter()
+        .find(|name| req.header(name).is_some())
+}
+
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
@@ -215,6 +240,27 @@ mod tests {
 
     fn status(access: &Access, req: &AccessRequest<'_>) -> u16 {
         access.check(req).map_or_else(|r| r.status, |()| 200)
+    }
+
+    #[test]
+    fn loopback_only_refuses_what_came_through_a_proxy() {
+        let a = Access::default();
+        for header in ["Forwarded", "X-Forwarded-For", "x-real-ip"] {
+            let req = AccessRequest::new("/", Some([127, 0, 0, 1].into()))
+                .with_header(header, "for=203.0.113.7");
+            let answer = a.check(&req).expect_err(header);
+            assert_eq!(answer.status, 403);
+            let text = answer.body_text();
+            assert!(text.contains(&header.to_ascii_lowercase()), "{text}");
+            assert!(text.contains("Access::bearer_token"), "{text}");
+            assert!(text.contains("serve_pprof_on_loopback"), "{text}");
+        }
+        // Other rules decide for themselves: a token works behind a proxy.
+        let token = Access::bearer_token("t").unwrap();
+        let req = AccessRequest::new("/", Some([127, 0, 0, 1].into()))
+            .with_header("X-Forwarded-For", "203.0.113.7")
+            .with_header("Authorization", "Bearer t");
+        assert_eq!(status(&token, &req), 200);
     }
 
     #[test]
