@@ -96,7 +96,7 @@ impl std::fmt::Debug for CpuProfile {
 
 /// Names of the samples a profile could not keep apart.
 const OTHERS: &str = "[observe: stacks beyond the 20000 kept]";
-const LOST: &str = "[observe: samples lost, the sampler fell behind]";
+const LOST: &str = "[observe: samples lost (the sampler fell behind, or no context)]";
 
 impl CpuProfile {
     pub(crate) fn new(window: Window) -> Self {

@@ -183,8 +183,7 @@ fn lock(window: &Mutex<Window>) -> MutexGuard<'_, Window> {
 impl Running {
     /// Moves the ring's samples into every window.
     fn drain(&mut self) {
-        let windows: Vec<_> = self.windows.iter().map(|w| lock(w)).collect();
-        let mut windows = windows;
+        let mut windows: Vec<_> = self.windows.iter().map(|w| lock(w)).collect();
         self.ring.ring().drain(|stack| {
             for window in windows.iter_mut() {
                 window.add(stack);

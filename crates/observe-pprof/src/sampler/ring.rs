@@ -27,10 +27,9 @@ struct Slot {
 pub(crate) struct Ring {
     slots: Box<[Slot]>,
     next: AtomicUsize,
-    /// Samples dropped because their slot was still full (the drain fell behind).
+    /// Samples not kept: their slot was still full (the drain fell behind), or the signal
+    /// carried no interrupted context. A profile counts them under one "lost" frame.
     pub(crate) dropped: AtomicU64,
-    /// Samples skipped because the signal landed in code that cannot be unwound safely.
-    pub(crate) skipped: AtomicU64,
 }
 
 impl Ring {
@@ -46,7 +45,6 @@ impl Ring {
             slots,
             next: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
         }
     }
 

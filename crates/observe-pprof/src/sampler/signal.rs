@@ -116,7 +116,7 @@ extern "C" fn on_sigprof(_signal: libc::c_int, _info: *mut libc::siginfo_t, cont
 
 fn sample(target: &Target, pc: usize) {
     if pc == 0 {
-        target.ring.skipped.fetch_add(1, Ordering::Relaxed);
+        target.ring.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
     if target.blocked(pc) {
