@@ -1,4 +1,4 @@
-use actix_web::http::header::{HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_TYPE};
+use actix_web::http::header::{HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, CONTENT_TYPE};
 use actix_web::http::StatusCode;
 use actix_web::{guard, web, HttpRequest, HttpResponse};
 use observe_core::adapter::Answer;
@@ -7,8 +7,9 @@ use observe_core::MetricsEncoder;
 use crate::middleware::Observe;
 
 impl Observe {
-    /// Serves `GET /metrics` (and `HEAD`): the middleware's whole registry in the Prometheus
-    /// text format, gzipped when the scraper accepts it. Encoding runs on actix's blocking
+    /// Serves `GET /metrics` (and `HEAD`): the middleware's whole registry in the format the
+    /// scraper's `Accept` asks for (Prometheus text by default, OpenMetrics with exemplars, or
+    /// protobuf with native histograms), gzipped when it accepts gzip. Encoding runs on actix's blocking
     /// thread pool, off the async workers.
     ///
     /// With the `pprof` feature it also serves `/debug/pprof/*` (loopback clients only unless
@@ -44,16 +45,19 @@ impl Observe {
 }
 
 async fn serve_metrics(encoder: MetricsEncoder, req: HttpRequest) -> HttpResponse {
-    let accept = req
-        .headers()
-        .get(ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (accept, accept_encoding) = (header(ACCEPT), header(ACCEPT_ENCODING));
     // Gathering walks every series: keep it off the async workers.
-    let answer = web::block(move || encoder.respond(accept.as_deref())).await;
+    let answer =
+        web::block(move || encoder.respond(accept.as_deref(), accept_encoding.as_deref())).await;
     into_response(answer.unwrap_or_else(|blocking| {
         Answer::text(500, &format!("encoding metrics failed: {blocking}"))
-            .with_header("vary", "accept-encoding")
+            .with_header("vary", "accept, accept-encoding")
     }))
 }
 

@@ -11,7 +11,7 @@
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
 use criterion::{criterion_group, criterion_main, Criterion};
-use observe_core::{HttpMetrics, MetricsEncoder};
+use observe_core::{Format, HttpMetrics, MetricsEncoder};
 
 fn http_metrics_with(label_sets: usize) -> HttpMetrics {
     let metrics = HttpMetrics::builder("bench")
@@ -32,15 +32,21 @@ fn encode(c: &mut Criterion) {
     let metrics = http_metrics_with(556);
     let encoder = MetricsEncoder::new(metrics.registry().clone());
     c.bench_function("encode_10k_series", |b| {
-        b.iter(|| encoder.encode(None).unwrap().body.len())
+        b.iter(|| encoder.encode(Format::Text, None).unwrap().body.len())
     });
     c.bench_function("encode_10k_series_gzip", |b| {
-        b.iter(|| encoder.encode(Some("gzip")).unwrap().body.len())
+        b.iter(|| {
+            encoder
+                .encode(Format::Text, Some("gzip"))
+                .unwrap()
+                .body
+                .len()
+        })
     });
     let metrics = http_metrics_with(10_000);
     let encoder = MetricsEncoder::new(metrics.registry().clone());
     c.bench_function("encode_10k_label_sets", |b| {
-        b.iter(|| encoder.encode(None).unwrap().body.len())
+        b.iter(|| encoder.encode(Format::Text, None).unwrap().body.len())
     });
 
     let registry = prometheus::Registry::new();
@@ -55,7 +61,7 @@ fn encode(c: &mut Criterion) {
     registry.register(Box::new(counters)).unwrap();
     let encoder = MetricsEncoder::new(registry);
     c.bench_function("encode_10k_counters", |b| {
-        b.iter(|| encoder.encode(None).unwrap().body.len())
+        b.iter(|| encoder.encode(Format::Text, None).unwrap().body.len())
     });
 }
 

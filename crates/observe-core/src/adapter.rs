@@ -17,7 +17,7 @@
 //! response.add_response_bytes(42);
 //! response.finish();
 //!
-//! let out = MetricsEncoder::new(metrics.registry().clone()).encode(None).unwrap();
+//! let out = MetricsEncoder::new(metrics.registry().clone()).encode(observe_core::Format::Text, None).unwrap();
 //! let text = String::from_utf8(out.body).unwrap();
 //! assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="checkout"} 1"#));
 //! ```

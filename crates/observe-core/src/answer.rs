@@ -5,10 +5,10 @@
 /// use observe_core::{HttpMetrics, MetricsEncoder};
 ///
 /// let metrics = HttpMetrics::new("svc");
-/// let answer = MetricsEncoder::new(metrics.registry().clone()).respond(Some("gzip"));
+/// let answer = MetricsEncoder::new(metrics.registry().clone()).respond(None, Some("gzip"));
 /// assert_eq!(answer.status, 200);
 /// assert_eq!(answer.header("content-encoding"), Some("gzip"));
-/// assert_eq!(answer.header("vary"), Some("accept-encoding"));
+/// assert_eq!(answer.header("vary"), Some("accept, accept-encoding"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {

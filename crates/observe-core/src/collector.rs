@@ -1,10 +1,13 @@
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::MetricFamily;
+use prometheus::Registry;
 
 use crate::error::ObserveError;
+use crate::exposition::model::{self, Bucket, Family, Kind, Sample, Value};
 use crate::histogram::{Bounds, HistogramSnapshot};
 use crate::labels::{MethodLabel, METHOD, ROUTE, SERVICE, STATUS};
 use crate::state::{Histogram, Owner, State};
@@ -66,68 +69,43 @@ impl HttpCollector {
         &self.owner.state
     }
 
-    fn family(&self, name: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
-        let mut family = MetricFamily::default();
-        family.set_name(name.to_owned());
-        let help = self
-            .descs
+    fn help(&self, name: &str) -> String {
+        self.descs
             .iter()
             .find(|d| d.fq_name == name)
-            .map(|d| d.help.clone());
-        family.set_help(help.unwrap_or_default());
-        family.set_field_type(kind);
-        family.set_metric(metrics);
-        family
+            .map(|d| d.help.clone())
+            .unwrap_or_default()
     }
 
-    /// Label pairs sorted by name, as the text encoder expects them.
-    fn labels(&self, variable: &[(&'static str, &str)]) -> Vec<LabelPair> {
-        let mut pairs: Vec<(&str, &str)> = self
+    fn family(&self, name: &str, kind: Kind, metrics: Vec<Sample>) -> Family {
+        Family {
+            name: name.to_owned(),
+            help: self.help(name),
+            kind,
+            metrics,
+        }
+    }
+
+    /// Label pairs sorted by name, as every format writes them.
+    fn labels(&self, variable: &[(&'static str, &str)]) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = self
             .state()
             .const_labels
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain([(SERVICE, self.state().service.as_str())])
-            .chain(variable.iter().copied())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain([(SERVICE.to_owned(), self.state().service.clone())])
+            .chain(
+                variable
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            )
             .collect();
-        pairs.sort_unstable_by_key(|(k, _)| *k);
+        pairs.sort_unstable();
         pairs
-            .into_iter()
-            .map(|(k, v)| {
-                let mut pair = LabelPair::default();
-                pair.set_name(k.to_owned());
-                pair.set_value(v.to_owned());
-                pair
-            })
-            .collect()
-    }
-}
-
-fn histogram(snapshot: &HistogramSnapshot, bounds: &Bounds) -> proto::Histogram {
-    let mut h = proto::Histogram::default();
-    h.set_sample_count(snapshot.count);
-    h.set_sample_sum(snapshot.sum / bounds.units_per_exposed);
-    let buckets = bounds
-        .exposed()
-        .iter()
-        .zip(&snapshot.cumulative)
-        .map(|(&upper, &count)| {
-            let mut b = proto::Bucket::default();
-            b.set_upper_bound(upper);
-            b.set_cumulative_count(count);
-            b
-        })
-        .collect();
-    h.set_bucket(buckets);
-    h
-}
-
-impl Collector for HttpCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
+    /// This service's families, with everything the formats can carry.
+    pub(crate) fn families(&self) -> Vec<Family> {
         let state = self.state();
         let mut durations = Vec::new();
         let mut counts = Vec::new();
@@ -150,46 +128,123 @@ impl Collector for HttpCollector {
                     (METHOD, key.method().as_str()),
                     (STATUS, &status),
                 ]);
+                let sample = |value| Sample {
+                    labels: labels.clone(),
+                    value,
+                    created: Some(s.created()),
+                    timestamp_ms: None,
+                };
                 let snapshot = s.snapshot(state, Histogram::Duration);
-                let mut counter = proto::Counter::default();
-                counter.set_value(snapshot.count as f64);
-                let mut m = Metric::from_label(labels.clone());
-                m.set_counter(counter);
-                counts.push(m);
+                counts.push(sample(Value::Counter(snapshot.count as f64, None)));
                 if let Some(bounds) = &state.size_bounds {
-                    let mut m = Metric::from_label(labels.clone());
                     let request = s.snapshot(state, Histogram::RequestSize);
-                    m.set_histogram(histogram(&request, bounds));
-                    request_sizes.push(m);
-                    let mut m = Metric::from_label(labels.clone());
+                    request_sizes.push(sample(histogram(&request, bounds)));
                     let response = s.snapshot(state, Histogram::ResponseSize);
-                    m.set_histogram(histogram(&response, bounds));
-                    response_sizes.push(m);
+                    response_sizes.push(sample(histogram(&response, bounds)));
                 }
-                let mut m = Metric::from_label(labels);
-                m.set_histogram(histogram(&snapshot, &state.duration_bounds));
-                durations.push(m);
+                durations.push(sample(histogram(&snapshot, &state.duration_bounds)));
             }
         }
         let active = MethodLabel::all()
             .filter_map(|m| Some((m, state.active_requests(m)?)))
-            .map(|(m, active)| {
-                let mut g = proto::Gauge::default();
-                g.set_value(active as f64);
-                let mut metric = Metric::from_label(self.labels(&[(METHOD, m.as_str())]));
-                metric.set_gauge(g);
-                metric
+            .map(|(m, active)| Sample {
+                labels: self.labels(&[(METHOD, m.as_str())]),
+                value: Value::Gauge(active as f64),
+                created: None,
+                timestamp_ms: None,
             })
             .collect();
         let mut families = vec![
-            self.family(DURATION, MetricType::HISTOGRAM, durations),
-            self.family(REQUESTS, MetricType::COUNTER, counts),
-            self.family(ACTIVE, MetricType::GAUGE, active),
+            self.family(DURATION, Kind::Histogram, durations),
+            self.family(REQUESTS, Kind::Counter, counts),
+            self.family(ACTIVE, Kind::Gauge, active),
         ];
         if state.size_bounds.is_some() {
-            families.push(self.family(REQUEST_SIZE, MetricType::HISTOGRAM, request_sizes));
-            families.push(self.family(RESPONSE_SIZE, MetricType::HISTOGRAM, response_sizes));
+            families.push(self.family(REQUEST_SIZE, Kind::Histogram, request_sizes));
+            families.push(self.family(RESPONSE_SIZE, Kind::Histogram, response_sizes));
         }
         families
     }
+}
+
+fn histogram(snapshot: &HistogramSnapshot, bounds: &Bounds) -> Value {
+    let buckets = bounds
+        .exposed()
+        .iter()
+        .zip(&snapshot.cumulative)
+        .map(|(&upper, &cumulative)| Bucket {
+            upper,
+            cumulative,
+            exemplar: None,
+        })
+        .chain([Bucket {
+            upper: f64::INFINITY,
+            cumulative: snapshot.count,
+            exemplar: None,
+        }])
+        .collect();
+    Value::Histogram(model::Histogram {
+        count: snapshot.count,
+        sum: snapshot.sum / bounds.units_per_exposed,
+        buckets,
+        native: None,
+    })
+}
+
+impl Collector for HttpCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if HANDOVER.with(|h| h.borrow().is_some()) {
+            let families = self.families();
+            HANDOVER.with(|h| {
+                if let Some(gathered) = &mut *h.borrow_mut() {
+                    gathered.extend(families);
+                }
+            });
+            return Vec::new();
+        }
+        self.families().iter().map(Family::to_proto).collect()
+    }
+}
+
+thread_local! {
+    /// Set while [`gather`] runs on this thread: the collectors of observe's families hand
+    /// them over here instead of answering in the `prometheus` crate's model, which has no
+    /// room for exemplars, native histograms or creation times.
+    static HANDOVER: RefCell<Option<Vec<Family>>> = const { RefCell::new(None) };
+}
+
+/// Clears [`HANDOVER`] however `gather` ends (a user's collector may panic).
+struct Handover;
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        HANDOVER.with(|h| h.borrow_mut().take());
+    }
+}
+
+/// Everything on `registry`, sorted by name: observe's families as built here, with their
+/// exemplars and native buckets, and every other family (process metrics, the user's own) as
+/// its collector gives it.
+pub(crate) fn gather(registry: &Registry) -> Vec<Family> {
+    let handover = Handover;
+    HANDOVER.with(|h| *h.borrow_mut() = Some(Vec::new()));
+    let others = registry.gather();
+    let ours = HANDOVER.with(|h| h.borrow_mut().take()).unwrap_or_default();
+    drop(handover);
+    let mut families: Vec<Family> = others.iter().map(Family::from_proto).collect();
+    families.extend(ours);
+    // Two services on one registry give two families of each name: one family each.
+    families.sort_by(|a, b| a.name.cmp(&b.name));
+    families.dedup_by(|next, kept| {
+        let same = next.name == kept.name;
+        if same {
+            kept.metrics.append(&mut next.metrics);
+        }
+        same
+    });
+    families
 }

@@ -2,27 +2,127 @@ use std::io::Write;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::Registry;
 
 use crate::answer::Answer;
+use crate::collector::gather;
 use crate::error::ObserveError;
+use crate::exposition::{protobuf, text};
 
 /// `Content-Type` of the Prometheus text exposition format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of the OpenMetrics 1.0 text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the Prometheus protobuf format (length-delimited `MetricFamily`
+/// messages), the one that carries native histograms.
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
-/// Encodes a registry for a `/metrics` response, negotiating gzip.
+/// An exposition format `/metrics` can answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4: no exemplars, no native histograms. The default.
+    Text,
+    /// OpenMetrics 1.0 text: exemplars, `_created`.
+    OpenMetrics,
+    /// The Prometheus protobuf format: exemplars, native histograms.
+    Protobuf,
+}
+
+impl Format {
+    /// The format a scraper's `Accept` header asks for, as Go's `promhttp` picks it: the
+    /// acceptable type with the highest weight among protobuf (`proto=io.prometheus.client.
+    /// MetricFamily; encoding=delimited`), OpenMetrics (version 1.0.0, 0.0.1 or none) and text;
+    /// the text format when nothing matches or no header was sent.
+    ///
+    /// ```
+    /// use observe_core::Format;
+    /// assert_eq!(Format::negotiate(None), Format::Text);
+    /// assert_eq!(Format::negotiate(Some("application/openmetrics-text;version=1.0.0")), Format::OpenMetrics);
+    /// assert_eq!(
+    ///     Format::negotiate(Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.8,text/plain;q=0.5")),
+    ///     Format::Protobuf,
+    /// );
+    /// assert_eq!(Format::negotiate(Some("application/json")), Format::Text);
+    /// ```
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Text;
+        };
+        let mut best = (0.0f32, Format::Text);
+        for item in accept.split(',') {
+            let mut parts = item.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let mut q = 1.0f32;
+            let (mut proto, mut encoding, mut version) = (None, None, None);
+            for param in parts {
+                let Some((k, v)) = param.split_once('=') else {
+                    continue;
+                };
+                let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+                if k.eq_ignore_ascii_case("q") {
+                    q = v.parse().unwrap_or(0.0);
+                } else if k.eq_ignore_ascii_case("proto") {
+                    proto = Some(v);
+                } else if k.eq_ignore_ascii_case("encoding") {
+                    encoding = Some(v);
+                } else if k.eq_ignore_ascii_case("version") {
+                    version = Some(v);
+                }
+            }
+            let format = if media.eq_ignore_ascii_case("application/vnd.google.protobuf")
+                && proto == Some("io.prometheus.client.MetricFamily")
+                && encoding == Some("delimited")
+            {
+                Format::Protobuf
+            } else if media.eq_ignore_ascii_case("application/openmetrics-text")
+                && matches!(version, None | Some("1.0.0") | Some("0.0.1"))
+            {
+                Format::OpenMetrics
+            } else if (media.eq_ignore_ascii_case("text/plain")
+                && matches!(version, None | Some("0.0.4")))
+                || media == "*/*"
+                || media.eq_ignore_ascii_case("text/*")
+            {
+                Format::Text
+            } else {
+                continue;
+            };
+            // The first of equal weights wins, as the order of the header says.
+            if q.is_finite() && q > best.0 {
+                best = (q, format);
+            }
+        }
+        best.1
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => TEXT_CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Format::Protobuf => PROTOBUF_CONTENT_TYPE,
+        }
+    }
+}
+
+/// Encodes a registry for a `/metrics` response, negotiating the format and gzip.
+///
+/// Every family on the registry is written in the format asked for; observe's own carry their
+/// exemplars (OpenMetrics, protobuf) and native histograms (protobuf) when configured.
 ///
 /// Encoding walks every series: call it off the async worker threads
 /// (`tokio::task::spawn_blocking`, `actix_web::web::block`), as the adapters' routes do.
 ///
 /// ```
-/// use observe_core::{HttpMetrics, MetricsEncoder};
+/// use observe_core::{Format, HttpMetrics, MetricsEncoder};
 ///
 /// let metrics = HttpMetrics::new("svc");
 /// let encoder = MetricsEncoder::new(metrics.registry().clone());
-/// let plain = encoder.encode(None)?;
+/// let plain = encoder.encode(Format::Text, None)?;
 /// assert_eq!(plain.content_encoding, None);
-/// let gzipped = encoder.encode(Some("gzip, deflate, br"))?;
+/// let gzipped = encoder.encode(Format::OpenMetrics, Some("gzip, deflate, br"))?;
 /// assert_eq!(gzipped.content_encoding, Some("gzip"));
 /// # Ok::<(), observe_core::ObserveError>(())
 /// ```
@@ -36,7 +136,7 @@ pub struct MetricsEncoder {
 pub struct EncodedMetrics {
     /// The body, compressed when `content_encoding` says so.
     pub body: Vec<u8>,
-    /// Always [`TEXT_CONTENT_TYPE`].
+    /// The format's `Content-Type`.
     pub content_type: &'static str,
     /// `Some("gzip")` when the body is gzipped.
     pub content_encoding: Option<&'static str>,
@@ -48,38 +148,55 @@ impl MetricsEncoder {
         MetricsEncoder { registry }
     }
 
-    /// Gathers and encodes the registry; gzips when `accept_encoding` (the request's
-    /// `Accept-Encoding` header, if any) accepts gzip.
-    pub fn encode(&self, accept_encoding: Option<&str>) -> Result<EncodedMetrics, ObserveError> {
-        let families = self.registry.gather();
-        let mut text = Vec::with_capacity(64 * 1024);
-        TextEncoder::new()
-            .encode(&families, &mut text)
-            .map_err(ObserveError::Encode)?;
+    /// Gathers and encodes the registry in `format`; gzips when `accept_encoding` (the
+    /// request's `Accept-Encoding` header, if any) accepts gzip.
+    pub fn encode(
+        &self,
+        format: Format,
+        accept_encoding: Option<&str>,
+    ) -> Result<EncodedMetrics, ObserveError> {
+        let families = gather(&self.registry);
+        let body = match format {
+            Format::Text | Format::OpenMetrics => {
+                let dialect = match format {
+                    Format::OpenMetrics => text::Dialect::OpenMetrics,
+                    _ => text::Dialect::Prometheus,
+                };
+                let mut out = String::with_capacity(64 * 1024);
+                text::write(&families, dialect, &mut out);
+                out.into_bytes()
+            }
+            Format::Protobuf => {
+                let mut out = Vec::with_capacity(32 * 1024);
+                protobuf::write(&families, &mut out);
+                out
+            }
+        };
+        let content_type = format.content_type();
         if !accept_encoding.is_some_and(accepts_gzip) {
             return Ok(EncodedMetrics {
-                body: text,
-                content_type: TEXT_CONTENT_TYPE,
+                body,
+                content_type,
                 content_encoding: None,
             });
         }
-        let mut gz = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
-        gz.write_all(&text).map_err(ObserveError::Compress)?;
+        let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
+        gz.write_all(&body).map_err(ObserveError::Compress)?;
         Ok(EncodedMetrics {
             body: gz.finish().map_err(ObserveError::Compress)?,
-            content_type: TEXT_CONTENT_TYPE,
+            content_type,
             content_encoding: Some("gzip"),
         })
     }
 }
 
 impl MetricsEncoder {
-    /// The whole `/metrics` answer for a request whose `Accept-Encoding` header is
-    /// `accept_encoding`: the exposition (gzipped when accepted) with its `Content-Type`,
-    /// `Content-Encoding` and `Vary`, or a `500` naming what failed. Blocks while it encodes:
-    /// call it off the async workers.
-    pub fn respond(&self, accept_encoding: Option<&str>) -> Answer {
-        let answer = match self.encode(accept_encoding) {
+    /// The whole `/metrics` answer for a request with these `Accept` and `Accept-Encoding`
+    /// headers: the exposition in the negotiated format (gzipped when accepted) with its
+    /// `Content-Type`, `Content-Encoding` and `Vary`, or a `500` naming what failed. Blocks
+    /// while it encodes: call it off the async workers.
+    pub fn respond(&self, accept: Option<&str>, accept_encoding: Option<&str>) -> Answer {
+        let answer = match self.encode(Format::negotiate(accept), accept_encoding) {
             Ok(metrics) => {
                 let answer = Answer::ok(metrics.content_type, metrics.body);
                 match metrics.content_encoding {
@@ -89,7 +206,7 @@ impl MetricsEncoder {
             }
             Err(error) => Answer::text(500, &error.to_string()),
         };
-        answer.with_header("vary", "accept-encoding")
+        answer.with_header("vary", "accept, accept-encoding")
     }
 }
 
@@ -152,6 +269,146 @@ mod tests {
                 continue;
             }
             assert!(!accepts_gzip(no), "{no:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use crate::HttpMetrics;
+
+    /// A registry with observe's families and some of every kind the `prometheus` crate makes.
+    fn busy_registry() -> HttpMetrics {
+        let metrics = HttpMetrics::builder("svc")
+            .const_label("region", "eu \"west\"\\1\n")
+            .unwrap()
+            .build()
+            .unwrap();
+        for (route, status) in [("/a", 200), ("/b/{id}", 404), ("/a", 500)] {
+            let record = metrics.id().start("GET", Some(route)).unwrap();
+            record.respond(status).finish();
+        }
+        let registry = metrics.registry();
+        let counter = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("user_jobs_total", "Jobs.\nDone \\ \"here\"."),
+            &["kind"],
+        )
+        .unwrap();
+        counter.with_label_values(&["x"]).inc_by(3);
+        registry.register(Box::new(counter)).unwrap();
+        let gauge = prometheus::Gauge::new("user_temperature", "T.").unwrap();
+        gauge.set(-1.5e-7);
+        registry.register(Box::new(gauge)).unwrap();
+        let histogram = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("user_latency_seconds", "L.").buckets(vec![0.5, 1.0]),
+        )
+        .unwrap();
+        histogram.observe(0.7);
+        registry.register(Box::new(histogram)).unwrap();
+        metrics
+    }
+
+    fn body(metrics: &HttpMetrics, format: Format) -> Vec<u8> {
+        MetricsEncoder::new(metrics.registry().clone())
+            .encode(format, None)
+            .unwrap()
+            .body
+    }
+
+    #[test]
+    fn the_text_format_is_what_the_prometheus_crate_writes() {
+        let metrics = busy_registry();
+        let ours = String::from_utf8(body(&metrics, Format::Text)).unwrap();
+        let mut theirs = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &metrics.registry().gather(),
+            &mut theirs,
+        )
+        .unwrap();
+        let theirs = String::from_utf8(theirs).unwrap();
+        // Process metrics change between the two reads; everything else must be identical.
+        let stable = |s: &str| {
+            s.lines()
+                .filter(|l| !l.contains("process_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(stable(&ours), stable(&theirs));
+        assert!(ours.contains("process_cpu_seconds_total"));
+    }
+
+    #[test]
+    fn openmetrics_names_counters_without_total_has_created_and_ends_in_eof() {
+        let metrics = busy_registry();
+        let om = String::from_utf8(body(&metrics, Format::OpenMetrics)).unwrap();
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE http_server_requests counter\n"), "{om}");
+        assert!(om.contains("# TYPE user_jobs counter\n"), "{om}");
+        assert!(om.contains("user_jobs_total{kind=\"x\"} 3\n"), "{om}");
+        assert!(
+            om.contains("# HELP user_jobs Jobs.\\nDone \\\\ \\\"here\\\".\n"),
+            "{om}"
+        );
+        let created = om
+            .lines()
+            .find(|l| l.starts_with("http_server_requests_created{"))
+            .unwrap();
+        let seconds: f64 = created.rsplit(' ').next().unwrap().parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - 60.0..=now).contains(&seconds), "{created}");
+    }
+
+    #[test]
+    fn every_format_has_every_family() {
+        let metrics = busy_registry();
+        let names: Vec<String> = metrics
+            .registry()
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        let text = String::from_utf8(body(&metrics, Format::Text)).unwrap();
+        let om = String::from_utf8(body(&metrics, Format::OpenMetrics)).unwrap();
+        let pb = body(&metrics, Format::Protobuf);
+        for name in &names {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+            let om_name = name.strip_suffix("_total").unwrap_or(name);
+            assert!(om.contains(&format!("# TYPE {om_name} ")), "{name}");
+            assert!(
+                pb.windows(name.len()).any(|w| w == name.as_bytes()),
+                "{name} in protobuf"
+            );
+        }
+    }
+
+    #[test]
+    fn negotiation_follows_weights_and_parameters() {
+        let pb = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+        let om = "application/openmetrics-text;version=1.0.0";
+        for (accept, expected) in [
+            ("", Format::Text),
+            ("*/*", Format::Text),
+            ("text/plain", Format::Text),
+            (om, Format::OpenMetrics),
+            ("application/openmetrics-text; version=0.0.1", Format::OpenMetrics),
+            ("application/openmetrics-text; version=2.0.0", Format::Text),
+            (pb, Format::Protobuf),
+            ("application/vnd.google.protobuf;proto=other;encoding=delimited", Format::Text),
+            ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text", Format::Text),
+            (&format!("{pb};q=0.5,{om};q=0.6"), Format::OpenMetrics),
+            (&format!("{om};q=0.7,text/plain;version=0.0.4;q=0.8"), Format::Text),
+            (&format!("{pb};q=0,{om};q=0"), Format::Text),
+            (&format!("{pb},{om}"), Format::Protobuf),
+            (&format!("{om},{pb}"), Format::OpenMetrics),
+            ("application/openmetrics-text;q=bogus", Format::Text),
+            (";;;,,,=;q=", Format::Text),
+        ] {
+            assert_eq!(Format::negotiate(Some(accept)), expected, "{accept:?}");
         }
     }
 }

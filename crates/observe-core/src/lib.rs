@@ -19,7 +19,7 @@
 //!     .const_label("region", "eu-west-1")?
 //!     .build()?;
 //! // An adapter records requests into `metrics`; /metrics serves its registry:
-//! let out = MetricsEncoder::new(metrics.registry().clone()).encode(None)?;
+//! let out = MetricsEncoder::new(metrics.registry().clone()).encode(observe_core::Format::Text, None)?;
 //! let text = String::from_utf8(out.body).unwrap();
 //! assert!(text.contains("process_cpu_seconds_total"));
 //! # Ok::<(), observe_core::ObserveError>(())
@@ -32,6 +32,7 @@ mod collector;
 mod config;
 mod encode;
 mod error;
+mod exposition;
 mod histogram;
 mod labels;
 mod metrics;
@@ -45,7 +46,10 @@ pub use config::{
     ObserveBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_EXCLUDED_ROUTES, DEFAULT_MAX_ROUTES,
     DEFAULT_SIZE_BUCKETS,
 };
-pub use encode::{EncodedMetrics, MetricsEncoder, TEXT_CONTENT_TYPE};
+pub use encode::{
+    EncodedMetrics, Format, MetricsEncoder, OPENMETRICS_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+};
 pub use error::ObserveError;
 pub use metrics::HttpMetrics;
 pub use routes::{OVERFLOW_ROUTE, UNMATCHED_ROUTE};

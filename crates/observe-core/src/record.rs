@@ -242,7 +242,7 @@ mod tests {
     /// What `/metrics` would serve for `registry`.
     fn exposition(registry: &prometheus::Registry) -> String {
         let out = crate::MetricsEncoder::new(registry.clone())
-            .encode(None)
+            .encode(crate::Format::Text, None)
             .unwrap();
         String::from_utf8(out.body).unwrap()
     }

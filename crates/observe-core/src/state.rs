@@ -90,9 +90,11 @@ impl SeriesKey {
 /// (allocated on a thread's first request of the series): duration, then, unless turned off,
 /// request and response size. The request counter is the duration histogram's count, so it
 /// costs nothing extra.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Series {
     shards: [OnceLock<Box<[AtomicU64]>>; SHARDS],
+    /// When the series was created, in seconds since the Unix epoch (`_created`).
+    created: f64,
 }
 
 /// Which of a series' histograms.
@@ -104,6 +106,21 @@ pub(crate) enum Histogram {
 }
 
 impl Series {
+    fn new() -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Series {
+            shards: Default::default(),
+            created,
+        }
+    }
+
+    /// When the series was created, in seconds since the Unix epoch.
+    pub(crate) fn created(&self) -> f64 {
+        self.created
+    }
+
     /// `shard`'s copy of the cells, allocated on first use.
     #[inline]
     fn cells(&self, shard: Shard, state: &State) -> &[AtomicU64] {
@@ -221,7 +238,10 @@ impl State {
             return s.clone();
         }
         let mut series = write(&self.series);
-        series.entry(key).or_default().clone()
+        series
+            .entry(key)
+            .or_insert_with(|| Arc::new(Series::new()))
+            .clone()
     }
 
     #[inline]

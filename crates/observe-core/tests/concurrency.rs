@@ -28,7 +28,7 @@ impl Scrape {
     /// Encodes `metrics` as `/metrics` would and checks what holds within one exposition.
     fn take(metrics: &HttpMetrics) -> Scrape {
         let out = MetricsEncoder::new(metrics.registry().clone())
-            .encode(None)
+            .encode(observe_core::Format::Text, None)
             .expect("encodes");
         let text = String::from_utf8(out.body).expect("UTF-8");
         let mut scrape = Scrape::default();

@@ -2,7 +2,7 @@ use axum::body::Body;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use http::header::{ACCEPT_ENCODING, CONTENT_TYPE};
+use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use observe_core::adapter::Answer;
 use observe_core::MetricsEncoder;
@@ -10,8 +10,9 @@ use observe_core::MetricsEncoder;
 use crate::layer::ObserveLayer;
 
 impl ObserveLayer {
-    /// An axum router serving `GET /metrics`: the layer's whole registry in the Prometheus
-    /// text format, gzipped when the scraper accepts it. Merge it into your router.
+    /// An axum router serving `GET /metrics`: the layer's whole registry in the format the
+    /// scraper's `Accept` asks for (Prometheus text by default, OpenMetrics with exemplars, or
+    /// protobuf with native histograms), gzipped when it accepts gzip. Merge it into your router.
     ///
     /// With the `pprof` feature it also serves `/debug/pprof/*` (loopback clients only unless
     /// configured otherwise with `with_pprof`: see `docs/pprof.md`).
@@ -44,15 +45,21 @@ impl ObserveLayer {
 }
 
 async fn serve_metrics(encoder: MetricsEncoder, headers: HeaderMap) -> Response {
-    let accept = headers
-        .get(ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (accept, accept_encoding) = (header(ACCEPT), header(ACCEPT_ENCODING));
     // Gathering walks every series: keep it off the async workers.
-    let answer = tokio::task::spawn_blocking(move || encoder.respond(accept.as_deref())).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        encoder.respond(accept.as_deref(), accept_encoding.as_deref())
+    })
+    .await;
     into_response(answer.unwrap_or_else(|join| {
         Answer::text(500, &format!("encoding metrics failed: {join}"))
-            .with_header("vary", "accept-encoding")
+            .with_header("vary", "accept, accept-encoding")
     }))
 }
 

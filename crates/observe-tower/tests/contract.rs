@@ -319,7 +319,7 @@ async fn an_inner_error_is_500_with_hyper() {
     assert_eq!(res.text().await.unwrap(), "fine");
     let text =
         observe_tower::observe_core::MetricsEncoder::new(observe.metrics().registry().clone())
-            .encode(None)
+            .encode(observe_core::Format::Text, None)
             .unwrap();
     let s = parse_exposition(std::str::from_utf8(&text.body).unwrap());
     assert_eq!(requests(&s, "/broken", "GET", "500"), 1.0);
