@@ -246,5 +246,10 @@ pub(crate) fn gather(registry: &Registry) -> Vec<Family> {
         }
         same
     });
+    // Samples in label order, as `Registry::gather` gives them: the same registry always
+    // encodes to the same bytes.
+    for family in &mut families {
+        family.metrics.sort_by(|a, b| a.labels.cmp(&b.labels));
+    }
     families
 }
