@@ -530,8 +530,9 @@ pub async fn check_body_sizes(base_url: &str) {
 }
 
 /// `/metrics` of the app at `base_url`, whose metrics carry `service="{service}"`: plain text
-/// 0.0.4 by default, gzipped only when `Accept-Encoding` accepts gzip (by weight), `Vary:
-/// accept-encoding` either way, and `HEAD` answered. Sends one `GET /users/1` first.
+/// 0.0.4 by default, OpenMetrics or protobuf when `Accept` asks for them (as Prometheus asks),
+/// each gzipped only when `Accept-Encoding` accepts gzip (by weight), `Vary: accept,
+/// accept-encoding` always, and `HEAD` answered. Sends one `GET /users/1` first.
 pub async fn check_metrics_encoding(base_url: &str, service: &str) {
     use std::io::Read;
 
@@ -549,14 +550,14 @@ pub async fn check_metrics_encoding(base_url: &str, service: &str) {
     let plain = get(None).await.expect("plain");
     assert_eq!(plain.status(), 200);
     assert_eq!(plain.headers()["content-type"], TEXT_FORMAT);
-    assert_eq!(plain.headers()["vary"], "accept-encoding");
+    assert_eq!(plain.headers()["vary"], "accept, accept-encoding");
     assert!(plain.headers().get("content-encoding").is_none());
     let plain = plain.text().await.expect("text");
     assert!(plain.contains(&line), "{line}\nnot in\n{plain}");
 
     let gzipped = get(Some("br, gzip;q=0.8")).await.expect("gzipped");
     assert_eq!(gzipped.headers()["content-encoding"], "gzip");
-    assert_eq!(gzipped.headers()["vary"], "accept-encoding");
+    assert_eq!(gzipped.headers()["vary"], "accept, accept-encoding");
     assert_eq!(gzipped.headers()["content-type"], TEXT_FORMAT);
     let bytes = gzipped.bytes().await.expect("bytes");
     let mut text = String::new();
@@ -573,6 +574,52 @@ pub async fn check_metrics_encoding(base_url: &str, service: &str) {
             "{refused}"
         );
     }
+    // The other formats, as Prometheus 2.42 asks for them with native histograms on, and off.
+    let gunzip = |bytes: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .expect("valid gzip");
+        out
+    };
+    for (accept, content_type, marker) in [
+        (
+            PROMETHEUS_NATIVE_ACCEPT,
+            PROTOBUF_FORMAT,
+            &b"http_server_requests_total"[..],
+        ),
+        (
+            PROMETHEUS_ACCEPT,
+            OPENMETRICS_FORMAT,
+            &b"# TYPE http_server_requests counter\n"[..],
+        ),
+    ] {
+        for gzip in [false, true] {
+            let mut request = client()
+                .get(format!("{base_url}/metrics"))
+                .header("accept", accept);
+            if gzip {
+                request = request.header("accept-encoding", "gzip");
+            }
+            let answer = request.send().await.expect("scrape");
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.headers()["content-type"], content_type);
+            assert_eq!(answer.headers()["vary"], "accept, accept-encoding");
+            assert_eq!(answer.headers().get("content-encoding").is_some(), gzip);
+            let bytes = answer.bytes().await.expect("body").to_vec();
+            let body = if gzip { gunzip(&bytes) } else { bytes };
+            assert!(
+                body.windows(marker.len()).any(|w| w == marker),
+                "{accept}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            assert!(
+                body.windows(29)
+                    .any(|w| w == b"process_resident_memory_bytes"),
+                "every family of the registry, in {content_type}"
+            );
+        }
+    }
     let head = client()
         .head(format!("{base_url}/metrics"))
         .send()
@@ -583,6 +630,15 @@ pub async fn check_metrics_encoding(base_url: &str, service: &str) {
 
 /// `Content-Type` of the Prometheus text format 0.0.4.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of OpenMetrics 1.0.
+const OPENMETRICS_FORMAT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the protobuf format.
+const PROTOBUF_FORMAT: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+/// The `Accept` header of Prometheus 2.42's scrapes (captured from a real one).
+pub const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+/// The same with `--enable-feature=native-histograms`.
+pub const PROMETHEUS_NATIVE_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 /// Sends a `GET` for each of `paths` and a `BREW /users/1` to the app at `base_url`, then runs
 /// `promtool check metrics` on its `/metrics`, which must also carry the process metrics.

@@ -2,7 +2,9 @@ use std::rc::Rc;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderMap, HeaderName};
 use actix_web::{Error, HttpMessage};
+use observe_core::TraceHeaders;
 
 use crate::body::{RequestPayload, ResponseBody};
 use crate::future::ResponseFuture;
@@ -34,7 +36,10 @@ where
         let mut record = if metrics.is_excluded_path(req.path()) {
             None
         } else {
-            self.routes.id.start(req.method().as_str(), None)
+            let headers = Headers(req.headers());
+            self.routes
+                .id
+                .start_with(req.method().as_str(), None, &headers)
         };
         let mut path = None;
         if let Some(record) = &mut record {
@@ -54,5 +59,21 @@ where
             path = Some(RequestPath::new(req.uri()));
         }
         ResponseFuture::new(self.service.call(req), record, self.routes.clone(), path)
+    }
+}
+
+/// A request's headers, as trace-context extraction reads them.
+struct Headers<'a>(&'a HeaderMap);
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+impl TraceHeaders for Headers<'_> {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(|v| v.as_bytes())
+    }
+
+    #[inline]
+    fn traceparent(&self) -> Option<&[u8]> {
+        self.0.get(&TRACEPARENT).map(|v| v.as_bytes())
     }
 }

@@ -7,7 +7,8 @@ use prometheus::proto::MetricFamily;
 use prometheus::Registry;
 
 use crate::error::ObserveError;
-use crate::exposition::model::{self, Bucket, Family, Kind, Sample, Value};
+use crate::exemplar::Recorded;
+use crate::exposition::model::{self, Bucket, Exemplar, Family, Kind, Sample, Value};
 use crate::histogram::{Bounds, HistogramSnapshot};
 use crate::labels::{MethodLabel, METHOD, ROUTE, SERVICE, STATUS};
 use crate::state::{Histogram, Owner, State};
@@ -134,15 +135,52 @@ impl HttpCollector {
                     created: Some(s.created()),
                     timestamp_ms: None,
                 };
+                // Native buckets before the classic ones: they are written after, so the
+                // classic count read next is never below what the native buckets hold.
+                let native = s.native_snapshot(state);
                 let snapshot = s.snapshot(state, Histogram::Duration);
-                counts.push(sample(Value::Counter(snapshot.count as f64, None)));
+                let exemplars: Vec<Option<Exemplar>> = s
+                    .exemplars()
+                    .into_iter()
+                    .map(|e| e.map(|e| exemplar(&e, e.nanos as f64 * 1e-9)))
+                    .collect();
+                // The counter's exemplar: the newest of the buckets' (each request counts 1).
+                let newest = exemplars
+                    .iter()
+                    .flatten()
+                    .max_by(|a, b| a.timestamp.total_cmp(&b.timestamp))
+                    .map(|e| Exemplar {
+                        value: 1.0,
+                        ..e.clone()
+                    });
+                counts.push(sample(Value::Counter(snapshot.count as f64, newest)));
                 if let Some(bounds) = &state.size_bounds {
                     let request = s.snapshot(state, Histogram::RequestSize);
                     request_sizes.push(sample(histogram(&request, bounds)));
                     let response = s.snapshot(state, Histogram::ResponseSize);
                     response_sizes.push(sample(histogram(&response, bounds)));
                 }
-                durations.push(sample(histogram(&snapshot, &state.duration_bounds)));
+                let mut duration = histogram(&snapshot, &state.duration_bounds);
+                if let Value::Histogram(h) = &mut duration {
+                    for (bucket, exemplar) in h.buckets.iter_mut().zip(exemplars) {
+                        bucket.exemplar = exemplar;
+                    }
+                    if let Some(native) = native {
+                        // The native buckets are the count (Prometheus checks they add up to
+                        // it); a classic bucket may hold a request whose native bucket was
+                        // not read yet: never above the count.
+                        h.count =
+                            native.zero_count + native.positive.iter().map(|b| b.1).sum::<u64>();
+                        for bucket in &mut h.buckets {
+                            bucket.cumulative = bucket.cumulative.min(h.count);
+                        }
+                        if let Some(inf) = h.buckets.last_mut() {
+                            inf.cumulative = h.count;
+                        }
+                        h.native = Some(native);
+                    }
+                }
+                durations.push(sample(duration));
             }
         }
         let active = MethodLabel::all()
@@ -164,6 +202,17 @@ impl HttpCollector {
             families.push(self.family(RESPONSE_SIZE, Kind::Histogram, response_sizes));
         }
         families
+    }
+}
+
+fn exemplar(recorded: &Recorded, value: f64) -> Exemplar {
+    Exemplar {
+        labels: vec![
+            ("trace_id", recorded.trace.trace_id_hex()),
+            ("span_id", recorded.trace.span_id_hex()),
+        ],
+        value,
+        timestamp: recorded.timestamp,
     }
 }
 

@@ -1,10 +1,17 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::Registry;
 
 use crate::error::ObserveError;
+use crate::exemplar::DEFAULT_EXEMPLAR_INTERVAL;
 use crate::labels::{is_valid_label_name, METHOD, ROUTE, SERVICE, STATUS};
+use crate::native::{
+    DEFAULT_NATIVE_BUCKET_FACTOR, DEFAULT_NATIVE_MAX_BUCKETS, DEFAULT_NATIVE_ZERO_THRESHOLD,
+};
+use crate::trace::{TraceContext, TraceHeaders, TraceHook};
 
 /// Default `http_server_request_duration_seconds` buckets, in seconds (OpenTelemetry HTTP
 /// semantic conventions).
@@ -57,7 +64,29 @@ pub struct ObserveBuilder<T> {
     pub(crate) excluded_routes: Vec<String>,
     pub(crate) size_histograms: bool,
     pub(crate) max_routes: usize,
+    pub(crate) native: Option<NativeSettings>,
+    pub(crate) exemplars: bool,
+    pub(crate) exemplar_interval: Duration,
+    pub(crate) trace_hook: Option<TraceHook>,
     output: PhantomData<fn() -> T>,
+}
+
+/// How native histograms are laid out, when on.
+#[derive(Debug, Clone)]
+pub(crate) struct NativeSettings {
+    pub(crate) bucket_factor: f64,
+    pub(crate) max_buckets: usize,
+    pub(crate) zero_threshold: f64,
+}
+
+impl Default for NativeSettings {
+    fn default() -> Self {
+        NativeSettings {
+            bucket_factor: DEFAULT_NATIVE_BUCKET_FACTOR,
+            max_buckets: DEFAULT_NATIVE_MAX_BUCKETS,
+            zero_threshold: DEFAULT_NATIVE_ZERO_THRESHOLD,
+        }
+    }
 }
 
 impl<T> ObserveBuilder<T> {
@@ -73,6 +102,10 @@ impl<T> ObserveBuilder<T> {
             excluded_routes: DEFAULT_EXCLUDED_ROUTES.map(str::to_owned).to_vec(),
             size_histograms: true,
             max_routes: DEFAULT_MAX_ROUTES,
+            native: None,
+            exemplars: true,
+            exemplar_interval: DEFAULT_EXEMPLAR_INTERVAL,
+            trace_hook: None,
             output: PhantomData,
         }
     }
@@ -149,6 +182,94 @@ impl<T> ObserveBuilder<T> {
         }
         self.max_routes = max_routes;
         Ok(self)
+    }
+
+    /// Adds native (exponential) buckets to `http_server_request_duration_seconds`, exposed
+    /// in the protobuf format that Prometheus asks for with
+    /// `--enable-feature=native-histograms`. The classic buckets stay alongside (as in Go's
+    /// client), so text scrapers and existing dashboards see no change. Defaults: bucket
+    /// factor 1.1 (schema 3), at most 160 populated buckets, zero threshold 2^-128 s.
+    pub fn native_histograms(mut self, enabled: bool) -> Self {
+        self.native = enabled.then(|| self.native.take().unwrap_or_default());
+        self
+    }
+
+    /// The largest ratio between a native bucket's bounds (> 1); the schema is the coarsest
+    /// whose ratio is at most this. Turns native histograms on.
+    pub fn native_bucket_factor(mut self, factor: f64) -> Result<Self, ObserveError> {
+        if !(factor > 1.0 && factor.is_finite()) {
+            return Err(ObserveError::InvalidNativeHistogram(format!(
+                "bucket factor {factor} is not a finite number above 1"
+            )));
+        }
+        self.native
+            .get_or_insert_with(Default::default)
+            .bucket_factor = factor;
+        Ok(self)
+    }
+
+    /// At most this many populated native buckets per series; more halve the resolution until
+    /// they fit. Turns native histograms on.
+    pub fn native_max_buckets(mut self, max_buckets: usize) -> Result<Self, ObserveError> {
+        if max_buckets == 0 {
+            return Err(ObserveError::InvalidNativeHistogram(
+                "the maximum bucket count must be at least 1".to_owned(),
+            ));
+        }
+        self.native.get_or_insert_with(Default::default).max_buckets = max_buckets;
+        Ok(self)
+    }
+
+    /// Durations at most this long (seconds, ≥ 0) count in the native zero bucket. Turns
+    /// native histograms on.
+    pub fn native_zero_threshold(mut self, seconds: f64) -> Result<Self, ObserveError> {
+        if !(seconds >= 0.0 && seconds.is_finite()) {
+            return Err(ObserveError::InvalidNativeHistogram(format!(
+                "zero threshold {seconds} is not a finite number of seconds, 0 or more"
+            )));
+        }
+        self.native
+            .get_or_insert_with(Default::default)
+            .zero_threshold = seconds;
+        Ok(self)
+    }
+
+    /// Keeps the trace of sampled requests as exemplars on the duration buckets and the
+    /// request counter (default: on). A request without trace context costs nothing more.
+    pub fn exemplars(mut self, enabled: bool) -> Self {
+        self.exemplars = enabled;
+        self
+    }
+
+    /// The minimum time between two replacements of one bucket's exemplar (default 100 ms):
+    /// the newest traced request wins, at most once per interval.
+    pub fn exemplar_interval(mut self, interval: Duration) -> Self {
+        self.exemplar_interval = interval;
+        self
+    }
+
+    /// Where a request's trace comes from, instead of its W3C `traceparent` header: e.g. the
+    /// current OpenTelemetry context, or a vendor header. Called once per request with its
+    /// headers; `None` means no exemplar.
+    ///
+    /// ```
+    /// use observe_core::{HttpMetrics, TraceContext};
+    ///
+    /// let metrics = HttpMetrics::builder("svc")
+    ///     .trace_context(|headers| {
+    ///         let id = headers.get("x-request-trace")?;
+    ///         let id: [u8; 16] = id.get(..16)?.try_into().ok()?;
+    ///         TraceContext::new(id, [1; 8])
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), observe_core::ObserveError>(())
+    /// ```
+    pub fn trace_context<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&dyn TraceHeaders) -> Option<TraceContext> + Send + Sync + 'static,
+    {
+        self.trace_hook = Some(TraceHook(Arc::new(hook)));
+        self
     }
 }
 

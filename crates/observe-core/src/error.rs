@@ -26,9 +26,9 @@ pub enum ObserveError {
     /// The registry refused the metric families, e.g. a second layer with the same service name.
     #[error("could not register observe's metrics: {0} (each service name may be registered once per registry, and services sharing a registry must use the same constant label names)")]
     Registration(#[source] prometheus::Error),
-    /// Encoding the registry into the text format failed.
-    #[error("could not encode metrics: {0}")]
-    Encode(#[source] prometheus::Error),
+    /// A native histogram setting is out of range.
+    #[error("invalid native histogram setting: {0}")]
+    InvalidNativeHistogram(String),
     /// Compressing the encoded metrics failed.
     #[error("could not gzip metrics: {0}")]
     Compress(#[source] std::io::Error),

@@ -53,14 +53,17 @@ impl Bounds {
     /// 10,000 concurrent streams). Two additions to the recording thread's own copy, no
     /// lock-prefixed instruction. The count is the sum of the buckets, so count and buckets are
     /// always consistent in an exposition; the sum may lag by observations in flight.
+    /// Returns the bucket's index (one past the last bound for `+Inf`).
     #[inline]
-    pub(crate) fn observe(&self, cells: &[AtomicU64], shard: Shard, value: u64) {
+    pub(crate) fn observe(&self, cells: &[AtomicU64], shard: Shard, value: u64) -> usize {
+        let index = self.bucket_of(value);
         if let [buckets @ .., sum] = cells {
-            if let Some(bucket) = buckets.get(self.bucket_of(value)) {
+            if let Some(bucket) = buckets.get(index) {
                 shard.add(bucket, 1);
             }
             shard.add_f64(sum, value as f64);
         }
+        index
     }
 }
 

@@ -32,15 +32,18 @@ mod collector;
 mod config;
 mod encode;
 mod error;
+mod exemplar;
 mod exposition;
 mod histogram;
 mod labels;
 mod metrics;
+mod native;
 mod record;
 mod routes;
 mod shard;
 mod state;
 mod sync;
+mod trace;
 
 pub use config::{
     ObserveBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_EXCLUDED_ROUTES, DEFAULT_MAX_ROUTES,
@@ -51,8 +54,13 @@ pub use encode::{
     TEXT_CONTENT_TYPE,
 };
 pub use error::ObserveError;
+pub use exemplar::DEFAULT_EXEMPLAR_INTERVAL;
 pub use metrics::HttpMetrics;
+pub use native::{
+    DEFAULT_NATIVE_BUCKET_FACTOR, DEFAULT_NATIVE_MAX_BUCKETS, DEFAULT_NATIVE_ZERO_THRESHOLD,
+};
 pub use routes::{OVERFLOW_ROUTE, UNMATCHED_ROUTE};
+pub use trace::{TraceContext, TraceHeaders};
 
 /// The `prometheus` crate this core is built on, re-exported so users register their own
 /// metrics on the same [`prometheus::Registry`] without a version mismatch.

@@ -13,6 +13,7 @@ use crate::labels::MethodLabel;
 use crate::record::RequestRecord;
 use crate::routes::RouteId;
 use crate::state::{with_state, Owner, State};
+use crate::trace::{self, NoHeaders, TraceHeaders};
 
 /// One service's HTTP metric families, registered on a [`Registry`].
 ///
@@ -136,12 +137,31 @@ impl MetricsId {
     /// [`RequestRecord::set_route`] then.
     #[inline]
     pub fn start(self, method: &str, template: Option<&str>) -> Option<RequestRecord> {
+        self.start_with(method, template, &NoHeaders)
+    }
+
+    /// [`start`](Self::start) for a request with these `headers`: a sampled trace in them
+    /// (its `traceparent`, or what the configured
+    /// [`trace_context`](crate::ObserveBuilder::trace_context) hook finds) becomes the
+    /// exemplar of the request's bucket. A request without one costs one header lookup.
+    #[inline]
+    pub fn start_with(
+        self,
+        method: &str,
+        template: Option<&str>,
+        headers: &impl TraceHeaders,
+    ) -> Option<RequestRecord> {
         let method = MethodLabel::from_method(method);
-        let route = with_state(self.0, |state| {
+        let (route, trace) = with_state(self.0, |state| {
             let route = state.routes.resolve(template);
-            state.count_start(method, route).then_some(route)
+            let trace = if state.exemplars {
+                trace::extract(state.trace_hook.as_ref(), headers)
+            } else {
+                None
+            };
+            state.count_start(method, route).then_some((route, trace))
         })??;
-        Some(RequestRecord::new(self.0, method, route))
+        Some(RequestRecord::new(self.0, method, route, trace))
     }
 
     /// [`HttpMetrics::route`] through the id; [`RouteId::UNMATCHED`] once the metrics are

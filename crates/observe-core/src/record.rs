@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::labels::MethodLabel;
 use crate::routes::RouteId;
 use crate::state::{with_state, Observation, SeriesKey};
+use crate::trace::TraceContext;
 
 /// Status recorded for a client that went away before the response body was complete.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -77,6 +78,8 @@ struct Recording {
     request_bytes: u64,
     request_tally: Option<ByteTally>,
     response_bytes: u64,
+    /// The request's sampled trace, kept as an exemplar of its bucket.
+    trace: Option<TraceContext>,
     recorded: bool,
 }
 
@@ -101,7 +104,12 @@ impl ByteTally {
 impl RequestRecord {
     /// Starts the clock; the caller has counted the request in flight.
     #[inline]
-    pub(crate) fn new(metrics: u64, method: MethodLabel, route: RouteId) -> Self {
+    pub(crate) fn new(
+        metrics: u64,
+        method: MethodLabel,
+        route: RouteId,
+        trace: Option<TraceContext>,
+    ) -> Self {
         RequestRecord {
             recording: Recording {
                 metrics,
@@ -111,6 +119,7 @@ impl RequestRecord {
                 request_bytes: 0,
                 request_tally: None,
                 response_bytes: 0,
+                trace,
                 recorded: false,
             },
         }
@@ -134,6 +143,13 @@ impl RequestRecord {
     #[inline]
     pub fn set_route(&mut self, route: RouteId) {
         self.recording.route = route;
+    }
+
+    /// The request's trace, for its exemplar (set by
+    /// [`MetricsId::start_with`](crate::adapter::MetricsId::start_with) from the headers).
+    #[inline]
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.recording.trace.as_ref()
     }
 
     /// Counts request body bytes read by the handler (when the adapter sees them directly).
@@ -215,6 +231,7 @@ impl Recording {
             request_bytes: self.request_bytes
                 + self.request_tally.as_ref().map_or(0, ByteTally::get),
             response_bytes: self.response_bytes,
+            trace: self.trace,
         });
         // Closed metrics (nobody can read them any more) take nothing.
         with_state(self.metrics, |state| state.finish(self.method, observation));

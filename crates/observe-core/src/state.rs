@@ -18,11 +18,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, RwLock, Weak};
 
 use crate::config::ObserveBuilder;
+use crate::exemplar::{stamp, ExemplarCell, Recorded};
+use crate::exposition::model::NativeBuckets;
 use crate::histogram::{Bounds, HistogramSnapshot};
 use crate::labels::MethodLabel;
+use crate::native::{NativeCells, NativeLayout};
 use crate::routes::{RouteId, RouteTable};
 use crate::shard::{Shard, SHARDS};
 use crate::sync::{cache_slot, read, write, CACHE_SLOTS};
+use crate::trace::{TraceContext, TraceHook};
 
 /// Held by every [`HttpMetrics`](crate::HttpMetrics) handle and by the collector on the registry: its drop is the
 /// moment nobody can read the metrics any more.
@@ -51,6 +55,14 @@ pub(crate) struct State {
     pub(crate) series: RwLock<HashMap<SeriesKey, Arc<Series>, foldhash::fast::RandomState>>,
     pub(crate) duration_bounds: Bounds,
     pub(crate) size_bounds: Option<Bounds>,
+    /// Native buckets of the duration histogram, when turned on.
+    pub(crate) native: Option<NativeLayout>,
+    /// Whether requests' traces are kept as exemplars.
+    pub(crate) exemplars: bool,
+    /// Minimum time between two replacements of a bucket's exemplar, nanoseconds.
+    exemplar_interval: u64,
+    /// Where a request's trace comes from, when not its `traceparent` header.
+    pub(crate) trace_hook: Option<TraceHook>,
     /// Requests started and finished per method, per shard: the in-flight gauge is their
     /// difference.
     requests: Box<[MethodCounters; SHARDS]>,
@@ -93,6 +105,11 @@ impl SeriesKey {
 #[derive(Debug)]
 pub(crate) struct Series {
     shards: [OnceLock<Box<[AtomicU64]>>; SHARDS],
+    /// Native buckets of the duration, per shard; empty when they are off.
+    native: Box<[OnceLock<NativeCells>]>,
+    /// One exemplar per duration bucket (`+Inf` last), allocated by the first request with a
+    /// trace.
+    exemplars: OnceLock<Box<[ExemplarCell]>>,
     /// When the series was created, in seconds since the Unix epoch (`_created`).
     created: f64,
 }
@@ -106,14 +123,31 @@ pub(crate) enum Histogram {
 }
 
 impl Series {
-    fn new() -> Self {
+    fn new(state: &State) -> Self {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
+        let native_shards = if state.native.is_some() { SHARDS } else { 0 };
         Series {
             shards: Default::default(),
+            native: (0..native_shards).map(|_| OnceLock::new()).collect(),
+            exemplars: OnceLock::new(),
             created,
         }
+    }
+
+    /// The native buckets of the duration summed over the shards, when they are on.
+    pub(crate) fn native_snapshot(&self, state: &State) -> Option<NativeBuckets> {
+        let layout = state.native.as_ref()?;
+        Some(layout.snapshot(self.native.iter().filter_map(OnceLock::get)))
+    }
+
+    /// Each duration bucket's exemplar (`+Inf` last); empty if no request had a trace.
+    pub(crate) fn exemplars(&self) -> Vec<Option<Recorded>> {
+        self.exemplars
+            .get()
+            .map(|cells| cells.iter().map(ExemplarCell::read).collect())
+            .unwrap_or_default()
     }
 
     /// When the series was created, in seconds since the Unix epoch.
@@ -148,6 +182,7 @@ pub(crate) struct Observation {
     pub(crate) started: Instant,
     pub(crate) request_bytes: u64,
     pub(crate) response_bytes: u64,
+    pub(crate) trace: Option<TraceContext>,
 }
 
 impl Owner {
@@ -163,6 +198,13 @@ impl Owner {
             size_bounds: config
                 .size_histograms
                 .then(|| Bounds::new(&config.size_buckets, 1.0)),
+            native: config
+                .native
+                .as_ref()
+                .map(|n| NativeLayout::new(n.bucket_factor, n.zero_threshold, n.max_buckets)),
+            exemplars: config.exemplars,
+            exemplar_interval: config.exemplar_interval.as_nanos().min(u64::MAX as u128) as u64,
+            trace_hook: config.trace_hook,
             requests: Box::default(),
             service: config.service,
         });
@@ -208,12 +250,16 @@ impl State {
         let finished = &self.requests[shard.index()].finished[method.index()];
         shard.add_ordered(finished, 1, Ordering::Release);
         let Some(o) = o else { return };
-        let nanos = o.started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let now = Instant::now();
+        let nanos = now
+            .saturating_duration_since(o.started)
+            .as_nanos()
+            .min(u64::MAX as u128) as u64;
         with_series(
             self.id,
             o.key,
             || self.series(o.key),
-            |s| self.observe_into(s, shard, nanos, &o),
+            |s| self.observe_into(s, shard, nanos, now, &o),
         );
     }
 
@@ -240,19 +286,49 @@ impl State {
         let mut series = write(&self.series);
         series
             .entry(key)
-            .or_insert_with(|| Arc::new(Series::new()))
+            .or_insert_with(|| Arc::new(Series::new(self)))
             .clone()
     }
 
     #[inline]
-    fn observe_into(&self, s: &Series, shard: Shard, nanos: u64, o: &Observation) {
+    fn observe_into(&self, s: &Series, shard: Shard, nanos: u64, now: Instant, o: &Observation) {
         let cells = s.cells(shard, self);
         let (duration, sizes) = cells.split_at(self.duration_bounds.cells());
-        self.duration_bounds.observe(duration, shard, nanos);
+        let bucket = self.duration_bounds.observe(duration, shard, nanos);
         if let Some(bounds) = &self.size_bounds {
             let (request, response) = sizes.split_at(bounds.cells());
             bounds.observe(request, shard, o.request_bytes);
             bounds.observe(response, shard, o.response_bytes);
+        }
+        // Written after the classic buckets; the collector reads them in the other order, so
+        // a scrape never sees more native observations than classic ones.
+        if let Some(layout) = &self.native {
+            if let Some(native) = s.native.get(shard.index()) {
+                layout.observe(native.get_or_init(|| layout.cells()), shard, nanos);
+            }
+        }
+        if let Some(trace) = &o.trace {
+            self.keep_exemplar(s, bucket, trace, nanos, now);
+        }
+    }
+
+    /// Offers a traced request's duration to its bucket's exemplar.
+    #[cold]
+    fn keep_exemplar(
+        &self,
+        s: &Series,
+        bucket: usize,
+        trace: &TraceContext,
+        nanos: u64,
+        now: Instant,
+    ) {
+        let cells = s.exemplars.get_or_init(|| {
+            (0..self.duration_bounds.exposed().len() + 1)
+                .map(|_| ExemplarCell::default())
+                .collect()
+        });
+        if let Some(cell) = cells.get(bucket) {
+            cell.offer(trace, nanos, stamp(now), self.exemplar_interval);
         }
     }
 }

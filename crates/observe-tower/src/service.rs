@@ -1,7 +1,9 @@
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::header::HeaderName;
+use http::{HeaderMap, Request, Response};
 use observe_core::adapter::{MetricsId, RequestRecord};
+use observe_core::TraceHeaders;
 use tower_service::Service;
 
 use crate::body::{count_request_body, ResponseBody};
@@ -40,18 +42,19 @@ where
         let mut record: Option<RequestRecord> = match &self.route_fn {
             Some(RouteFn(route_fn)) => {
                 let (parts, body) = req.into_parts();
-                let record = metrics.start(parts.method.as_str(), route_fn(&parts));
+                let headers = Headers(&parts.headers);
+                let record = metrics.start_with(parts.method.as_str(), route_fn(&parts), &headers);
                 req = Request::from_parts(parts, body);
                 record
             }
             None => match nested::lookup(req.extensions()) {
                 nested::Lookup::Template(template) => {
-                    metrics.start(req.method().as_str(), template)
+                    metrics.start_with(req.method().as_str(), template, &Headers(req.headers()))
                 }
                 nested::Lookup::ObservedOutside => None,
                 nested::Lookup::Unknown => {
                     slot = Some((nested::RouteSlot::wait(req.extensions_mut()), metrics));
-                    metrics.start(req.method().as_str(), None)
+                    metrics.start_with(req.method().as_str(), None, &Headers(req.headers()))
                 }
             },
         };
@@ -59,6 +62,22 @@ where
             count_request_body(req.body_mut(), record);
         }
         ResponseFuture::new(self.inner.call(req), record, slot)
+    }
+}
+
+/// A request's headers, as trace-context extraction reads them.
+struct Headers<'a>(&'a HeaderMap);
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+impl TraceHeaders for Headers<'_> {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(|v| v.as_bytes())
+    }
+
+    #[inline]
+    fn traceparent(&self) -> Option<&[u8]> {
+        self.0.get(&TRACEPARENT).map(|v| v.as_bytes())
     }
 }
 

@@ -139,7 +139,12 @@ async fn main() {
     };
     // One `Observe` for the whole server: every worker's app records into the same series.
     let observe = continuous_profiling::from_env(
-        Observe::new("example-actix"),
+        // Native histograms on, for a Prometheus started with
+        // `--enable-feature=native-histograms`; text scrapers see the classic buckets only.
+        Observe::builder("example-actix")
+            .native_histograms(true)
+            .build()
+            .expect("a fresh registry takes observe's metrics"),
         Observe::with_continuous_profiling,
     );
     let server = HttpServer::new(move || {

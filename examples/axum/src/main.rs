@@ -151,7 +151,12 @@ async fn main() {
         listener.local_addr().unwrap_or(addr)
     );
     let observe = continuous_profiling::from_env(
-        ObserveLayer::new("example-axum"),
+        // Native histograms on, for a Prometheus started with
+        // `--enable-feature=native-histograms`; text scrapers see the classic buckets only.
+        ObserveLayer::builder("example-axum")
+            .native_histograms(true)
+            .build()
+            .expect("a fresh registry takes observe's metrics"),
         ObserveLayer::with_continuous_profiling,
     );
     let app = app(observe);
