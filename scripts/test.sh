@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the real tools the tests drive
-# (Prometheus, promtool, Alertmanager, go tool pprof, Chromium), then formatting, lints,
+# (Prometheus, promtool, Alertmanager, go tool pprof, Chromium, Python's prometheus_client),
+# then formatting, lints,
 # and every test in the workspace. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,20 @@ if ((${#missing[@]})); then
   else
     echo "The tests need Debian packages that are not installed. Run:" >&2
     echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# Python's prometheus_client: its OpenMetrics parser reads /metrics in
+# integration-tests/tests/exemplars.rs.
+if ! python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing prometheus_client (PyPI)"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'prometheus_client==0.26.0' ||
+      python3 -m pip install -q --disable-pip-version-check --break-system-packages 'prometheus_client==0.26.0'
+  else
+    echo "The tests need Python's prometheus_client. Run:" >&2
+    echo "  python3 -m pip install --user 'prometheus_client==0.26.0'" >&2
     exit 1
   fi
 fi

@@ -281,6 +281,12 @@ impl Prometheus {
     /// Writes `files` (e.g. rule files, named relative to the config) and `config` (a
     /// `prometheus.yml`) into a fresh directory, starts Prometheus on it and waits until ready.
     pub fn start(files: &[(&str, &str)], config: &str) -> Prometheus {
+        Prometheus::start_with_flags(files, config, &[])
+    }
+
+    /// [`start`](Self::start) with more command-line flags, e.g.
+    /// `--enable-feature=exemplar-storage,native-histograms`.
+    pub fn start_with_flags(files: &[(&str, &str)], config: &str, flags: &[&str]) -> Prometheus {
         let dir = TempDir::new("observe-prometheus");
         for (name, contents) in files {
             dir.write(name, contents);
@@ -293,6 +299,10 @@ impl Prometheus {
             format!("--web.listen-address={addr}"),
             "--log.level=warn".to_owned(),
         ];
+        let args = args
+            .into_iter()
+            .chain(flags.iter().map(|f| (*f).to_owned()))
+            .collect();
         let binary = tool(&["prometheus"], "prometheus");
         Prometheus {
             daemon: Daemon::spawn("prometheus", binary, dir, addr, args),
@@ -323,6 +333,30 @@ impl Prometheus {
         )?;
         if answer["status"] != "success" {
             return Err(format!("query {expr}: {answer}"));
+        }
+        Ok(answer["data"].clone())
+    }
+
+    /// The exemplars Prometheus stored for the series `selector` matches, over the last
+    /// `seconds`, through `/api/v1/query_exemplars`: the `data` array, one entry per series
+    /// (`seriesLabels`, `exemplars`).
+    pub fn query_exemplars(
+        &self,
+        selector: &str,
+        seconds: u64,
+    ) -> Result<serde_json::Value, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let path = format!(
+            "/api/v1/query_exemplars?query={}&start={}&end={}",
+            url_encode(selector),
+            now.saturating_sub(seconds),
+            now + 1
+        );
+        let answer = get_json(self.addr(), &path)?;
+        if answer["status"] != "success" {
+            return Err(format!("{path}: {answer}"));
         }
         Ok(answer["data"].clone())
     }

@@ -142,7 +142,7 @@ impl HttpCollector {
                 let exemplars: Vec<Option<Exemplar>> = s
                     .exemplars()
                     .into_iter()
-                    .map(|e| e.map(|e| exemplar(&e, e.nanos as f64 * 1e-9)))
+                    .map(|e| e.map(|e| exemplar(&e, e.nanos as f64 / 1e9)))
                     .collect();
                 // The counter's exemplar: the newest of the buckets' (each request counts 1).
                 let newest = exemplars

@@ -61,7 +61,8 @@ impl ExemplarCell {
     #[inline]
     pub(crate) fn offer(&self, trace: &TraceContext, nanos: u64, at: u64, interval_nanos: u64) {
         let seq = self.seq.load(Ordering::Relaxed);
-        if seq & 1 == 1 || at.saturating_sub(self.at.load(Ordering::Relaxed)) < interval_nanos {
+        let last = self.at.load(Ordering::Relaxed);
+        if seq & 1 == 1 || (last != 0 && at.saturating_sub(last) < interval_nanos) {
             return;
         }
         if self
@@ -120,6 +121,9 @@ mod tests {
     fn the_newest_wins_unless_within_the_interval() {
         let cell = ExemplarCell::default();
         assert_eq!(cell.read(), None);
+        // The first is always kept, however early.
+        cell.offer(&trace(9), 10, 1, 100);
+        assert_eq!(cell.read().unwrap().trace, trace(9));
         cell.offer(&trace(1), 10, 1_000, 100);
         cell.offer(&trace(2), 20, 1_050, 100); // 50 ns later: too soon
         assert_eq!(cell.read().unwrap().trace, trace(1));
