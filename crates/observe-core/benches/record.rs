@@ -3,18 +3,70 @@
 //! `record_cached_route`: resolve a route template seen before, start a record, respond,
 //! count a body, complete — what every adapter does once per request.
 //! `record_contended_2_threads`: the same on two threads at once, on the same series.
+//! `record_traced`, `record_traced_every_exemplar_kept`: with a sampled `traceparent`.
+//! `record_native`: with native histogram buckets on.
 
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use observe_core::HttpMetrics;
+use observe_core::{HttpMetrics, TraceHeaders};
+
+/// Request headers holding only a `traceparent`.
+struct Traceparent(&'static [u8]);
+
+impl TraceHeaders for Traceparent {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        (name == "traceparent").then_some(self.0)
+    }
+
+    fn traceparent(&self) -> Option<&[u8]> {
+        Some(self.0)
+    }
+}
 
 fn record(c: &mut Criterion) {
     let metrics = HttpMetrics::new("bench");
     c.bench_function("record_cached_route", |b| {
         b.iter(|| {
             let record = metrics.id().start("GET", Some("/users/{id}")).unwrap();
+            let mut response = record.respond(200);
+            response.add_response_bytes(7);
+            response.finish();
+        })
+    });
+    // The same request carrying a sampled W3C `traceparent`: parsed, carried, and offered to
+    // its bucket's exemplar (kept at most every 100 ms by default, so mostly only checked).
+    let traced = Traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    c.bench_function("record_traced", |b| {
+        b.iter(|| {
+            let record = metrics.id().start_with("GET", Some("/users/{id}"), &traced).unwrap();
+            let mut response = record.respond(200);
+            response.add_response_bytes(7);
+            response.finish();
+        })
+    });
+    // The worst case: every traced request replaces the exemplar.
+    let every = HttpMetrics::builder("bench")
+        .exemplar_interval(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
+    c.bench_function("record_traced_every_exemplar_kept", |b| {
+        b.iter(|| {
+            let record = every.id().start_with("GET", Some("/users/{id}"), &traced).unwrap();
+            let mut response = record.respond(200);
+            response.add_response_bytes(7);
+            response.finish();
+        })
+    });
+    // Native histogram buckets on, beside the classic ones.
+    let native = HttpMetrics::builder("bench")
+        .native_histograms(true)
+        .build()
+        .unwrap();
+    c.bench_function("record_native", |b| {
+        b.iter(|| {
+            let record = native.id().start("GET", Some("/users/{id}")).unwrap();
             let mut response = record.respond(200);
             response.add_response_bytes(7);
             response.finish();
