@@ -379,8 +379,9 @@ impl Prometheus {
     }
 }
 
-/// Whether a `/api/v1/query` answer (its `data`) holds at least one finite number: a result
-/// that is empty, or only NaN (0/0, a quantile of no observations), shows nothing in Grafana.
+/// Whether a `/api/v1/query` answer (its `data`) holds at least one finite number or native
+/// histogram with observations: a result that is empty, or only NaN (0/0, a quantile of no
+/// observations), shows nothing in Grafana.
 pub fn has_data(data: &serde_json::Value) -> bool {
     let finite = |pair: &serde_json::Value| {
         pair.get(1)
@@ -388,12 +389,19 @@ pub fn has_data(data: &serde_json::Value) -> bool {
             .and_then(|v| v.parse::<f64>().ok())
             .is_some_and(f64::is_finite)
     };
+    // A native histogram sample: `[time, {count, sum, buckets}]`, data when it counted any.
+    let histogram = |pair: &serde_json::Value| {
+        pair.get(1)
+            .and_then(|h| h["count"].as_str())
+            .and_then(|c| c.parse::<f64>().ok())
+            .is_some_and(|c| c.is_finite() && c > 0.0)
+    };
     match data["resultType"].as_str() {
         Some("vector") => data["result"]
             .as_array()
             .into_iter()
             .flatten()
-            .any(|s| finite(&s["value"])),
+            .any(|s| finite(&s["value"]) || histogram(&s["histogram"])),
         Some("scalar") => finite(&data["result"]),
         Some("matrix") => data["result"]
             .as_array()

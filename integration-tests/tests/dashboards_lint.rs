@@ -51,6 +51,13 @@ fn is_counter_series(name: &str) -> bool {
     ["_total", "_count", "_sum", "_bucket"]
         .iter()
         .any(|s| name.ends_with(s))
+        || is_native_histogram(name)
+}
+
+/// The one family observe exposes with native buckets (`docs/metrics.md`): its bare name
+/// selects the native histogram, which only grows, as a counter.
+fn is_native_histogram(name: &str) -> bool {
+    name == "http_server_request_duration_seconds"
 }
 
 /// The PromQL rules of one expression, checked on its AST.
@@ -112,8 +119,8 @@ impl ExprLint<'_> {
                     }
                     "histogram_quantile" => {
                         if let Some(inner) = args.get(1) {
-                            if !aggregates_sum_by_le(inner) {
-                                self.error("histogram_quantile() must take `sum by (le, ...) (rate(..._bucket[...]))`".into());
+                            if !aggregates_sum_by_le(inner) && !aggregates_native(inner) {
+                                self.error("histogram_quantile() must take `sum by (le, ...) (rate(..._bucket[...]))` or, for a native histogram, `sum by (...) (rate(NAME[...]))` without le".into());
                             }
                         }
                         for arg in args {
@@ -171,12 +178,32 @@ fn has_variable_matcher(matchers: &Matchers, label: &str, variable: &str) -> boo
         .any(|m| m.name == label && matches!(m.op, MatchOp::Re(_)) && m.value == want)
 }
 
+/// `sum by (le, ...)` over the rate of classic `_bucket` series.
 fn aggregates_sum_by_le(expr: &Expr) -> bool {
+    aggregates(expr, true, &|name| name.ends_with("_bucket"))
+}
+
+/// `sum` (not by `le`) over the rate of a native histogram.
+fn aggregates_native(expr: &Expr) -> bool {
+    aggregates(expr, false, &is_native_histogram)
+}
+
+/// `sum` grouping by `le` (or not) over selectors whose names all pass `name_ok`.
+fn aggregates(expr: &Expr, by_le: bool, name_ok: &dyn Fn(&str) -> bool) -> bool {
+    fn names_ok(expr: &Expr, name_ok: &dyn Fn(&str) -> bool) -> bool {
+        match expr {
+            Expr::Paren(p) => names_ok(&p.expr, name_ok),
+            Expr::Call(c) => c.args.args.iter().all(|a| names_ok(a, name_ok)),
+            Expr::MatrixSelector(ms) => ms.vs.name.as_deref().is_some_and(name_ok),
+            Expr::VectorSelector(vs) => vs.name.as_deref().is_some_and(name_ok),
+            _ => true,
+        }
+    }
     match expr {
-        Expr::Paren(p) => aggregates_sum_by_le(&p.expr),
+        Expr::Paren(p) => aggregates(&p.expr, by_le, name_ok),
         Expr::Aggregate(a) => {
-            a.op.to_string() == "sum"
-                && matches!(&a.modifier, Some(LabelModifier::Include(l)) if l.labels.iter().any(|l| l == "le"))
+            let groups_le = matches!(&a.modifier, Some(LabelModifier::Include(l)) if l.labels.iter().any(|l| l == "le"));
+            a.op.to_string() == "sum" && groups_le == by_le && names_ok(&a.expr, name_ok)
         }
         _ => false,
     }
@@ -478,6 +505,14 @@ const BROKEN: &str = r#"{
      "fieldConfig": {"defaults": {"unit": "reqps"}},
      "targets": [{"refId": "A", "datasource": {"uid": "${datasource}"},
                   "expr": "sum(rate(http_server_requests_total{job=~\"$job\", instance=~\"$instance\", service=~\"$service\"}[$__rate_interval])"}]},
+    {"id": 8, "type": "timeseries", "title": "Native by le", "description": "d", "datasource": {"uid": "${datasource}"},
+     "fieldConfig": {"defaults": {"unit": "s"}},
+     "targets": [{"refId": "A", "datasource": {"uid": "${datasource}"},
+                  "expr": "histogram_quantile(0.99, sum by (le) (rate(http_server_request_duration_seconds{job=~\"$job\", instance=~\"$instance\", service=~\"$service\"}[$__rate_interval])))"}]},
+    {"id": 9, "type": "stat", "title": "Raw native", "description": "d", "datasource": {"uid": "${datasource}"},
+     "fieldConfig": {"defaults": {"unit": "short"}},
+     "targets": [{"refId": "A", "datasource": {"uid": "${datasource}"},
+                  "expr": "histogram_count(http_server_request_duration_seconds{job=~\"$job\", instance=~\"$instance\", service=~\"$service\"})"}]},
     {"id": 7, "type": "table", "title": "Dead link", "description": "d", "datasource": {"uid": "${datasource}"},
      "fieldConfig": {"defaults": {"unit": "short", "links": [{"url": "/d/nowhere/x"}]}},
      "targets": [{"refId": "A", "datasource": {"uid": "${datasource}"},
@@ -510,6 +545,8 @@ fn a_broken_dashboard_is_rejected() {
         "panel \"Unknown variable\" query A: refers to a variable the dashboard does not define",
         "panel \"Does not parse\" query A: does not parse",
         "panel \"Dead link\": links to /d/nowhere",
+        "panel \"Native by le\" query A: histogram_quantile() must take",
+        "panel \"Raw native\" query A: counter series http_server_request_duration_seconds outside rate()/increase()",
     ];
     let missing: Vec<&str> = expected
         .iter()

@@ -194,7 +194,16 @@ fn every_dashboard_query_returns_data_on_real_traffic() {
         .iter()
         .map(|name| Example::start(name, &profiling))
         .collect();
-    let prom = Prometheus::start(&[], &scrape_config(&examples));
+    // Two servers scrape the same examples: one as Prometheus scrapes by default (text, classic
+    // buckets), one with native histograms on (protobuf; 2.42 then keeps only the native
+    // series of the duration histogram). Every query must show data on both.
+    let config = scrape_config(&examples);
+    let text_prom = Prometheus::start(&[], &config);
+    let native_prom = Prometheus::start_with_flags(
+        &[],
+        &config,
+        &["--enable-feature=exemplar-storage,native-histograms"],
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -214,69 +223,89 @@ fn every_dashboard_query_returns_data_on_real_traffic() {
          and on () count(count_over_time(up[{RATE_INTERVAL}]) >= 5) == {}",
         EXAMPLES.len()
     );
-    wait_until(
-        "every route of both examples in Prometheus",
-        Duration::from_secs(60),
-        || {
-            let data = prom.query(&ready).ok()?;
-            let n: f64 = data["result"][0]["value"][1].as_str()?.parse().ok()?;
-            (n as usize >= want).then_some(())
-        },
-    );
-
     let mut failures = Vec::new();
-    for d in Dashboard::load_all() {
-        let values = resolve_variables(&prom, &d);
-        for (name, want) in [
-            ("job", EXAMPLES.len()),
-            ("instance", EXAMPLES.len()),
-            ("service", EXAMPLES.len()),
-        ] {
-            assert_eq!(
-                values[name].len(),
-                want,
-                "{}: variable {name} = {:?}",
-                d.name(),
-                values[name]
-            );
-        }
-        for route in ROUTES {
-            assert!(
-                values["route"].iter().any(|r| r == route),
-                "{}: route {route} missing from {:?}",
-                d.name(),
-                values["route"]
-            );
-        }
-        let (total, failed) = run_queries(&prom, &d, &values);
-        println!(
-            "{}: {} panels, {} queries, {} returned data (every job, instance, service and route selected)",
-            d.name(),
-            d.data_panels().len(),
-            total,
-            total - failed.len()
+    for (kind, prom) in [("text", &text_prom), ("native-histogram", &native_prom)] {
+        wait_until(
+            &format!("every route of both examples in the {kind} Prometheus"),
+            Duration::from_secs(60),
+            || {
+                let data = prom.query(&ready).ok()?;
+                let n: f64 = data["result"][0]["value"][1].as_str()?.parse().ok()?;
+                (n as usize >= want).then_some(())
+            },
         );
-        failures.extend(failed);
-        // The route dashboard is usually opened on one route (the overview's table links there):
-        // it must show data for each route on its own too, including routes without errors.
-        if d.variables().iter().any(|v| v["name"] == "route") && d.name().starts_with("route") {
-            let mut per_route_total = 0;
-            let mut per_route_ok = 0;
-            for route in values["route"].clone() {
-                let mut one = values.clone();
-                one.insert("route".to_owned(), vec![route]);
-                let (total, failed) = run_queries(&prom, &d, &one);
-                per_route_total += total;
-                per_route_ok += total - failed.len();
-                failures.extend(failed);
+
+        // What each server holds of the duration histogram: the queries below must find their
+        // data in the classic buckets on one and in the native histogram on the other.
+        let holds = |expr: &str| prom.query(expr).map(|d| has_data(&d)).unwrap_or(false);
+        let classic = holds("count(http_server_request_duration_seconds_bucket)");
+        let native = holds("http_server_request_duration_seconds");
+        assert_eq!(
+            (classic, native),
+            (kind == "text", kind == "native-histogram"),
+            "{kind} Prometheus: classic duration buckets {classic}, native histogram {native}"
+        );
+        for d in Dashboard::load_all() {
+            let values = resolve_variables(&prom, &d);
+            for (name, want) in [
+                ("job", EXAMPLES.len()),
+                ("instance", EXAMPLES.len()),
+                ("service", EXAMPLES.len()),
+            ] {
+                assert_eq!(
+                    values[name].len(),
+                    want,
+                    "{}: variable {name} = {:?}",
+                    d.name(),
+                    values[name]
+                );
             }
+            for route in ROUTES {
+                assert!(
+                    values["route"].iter().any(|r| r == route),
+                    "{}: route {route} missing from {:?}",
+                    d.name(),
+                    values["route"]
+                );
+            }
+            let (total, failed) = run_queries(&prom, &d, &values);
             println!(
-                "{}: one route at a time ({} routes): {} queries, {} returned data",
+                "{} on the {kind} Prometheus: {} panels, {} queries, {} returned data (every job, instance, service and route selected)",
                 d.name(),
-                values["route"].len(),
-                per_route_total,
-                per_route_ok
+                d.data_panels().len(),
+                total,
+                total - failed.len()
             );
+            failures.extend(
+                failed
+                    .into_iter()
+                    .map(|(what, expr)| (format!("{kind}: {what}"), expr)),
+            );
+            // The route dashboard is usually opened on one route (the overview's table links there):
+            // it must show data for each route on its own too, including routes without errors.
+            if d.variables().iter().any(|v| v["name"] == "route") && d.name().starts_with("route") {
+                let mut per_route_total = 0;
+                let mut per_route_ok = 0;
+                for route in values["route"].clone() {
+                    let mut one = values.clone();
+                    one.insert("route".to_owned(), vec![route]);
+                    let (total, failed) = run_queries(&prom, &d, &one);
+                    per_route_total += total;
+                    per_route_ok += total - failed.len();
+                    failures.extend(
+                        failed
+                            .into_iter()
+                            .map(|(what, expr)| (format!("{kind}: {what}"), expr)),
+                    );
+                }
+                println!(
+                    "{} on the {kind} Prometheus: one route at a time ({} routes): {} queries, {} returned data",
+                    d.name(),
+                    values["route"].len(),
+                    per_route_total,
+                    per_route_ok
+                );
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);

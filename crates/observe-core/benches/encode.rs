@@ -69,7 +69,13 @@ fn encode(c: &mut Criterion) {
         b.iter(|| encoder.encode(Format::Text, None).unwrap().body.len())
     });
     c.bench_function("encode_10k_series_openmetrics", |b| {
-        b.iter(|| encoder.encode(Format::OpenMetrics, None).unwrap().body.len())
+        b.iter(|| {
+            encoder
+                .encode(Format::OpenMetrics, None)
+                .unwrap()
+                .body
+                .len()
+        })
     });
     c.bench_function("encode_10k_series_protobuf", |b| {
         b.iter(|| encoder.encode(Format::Protobuf, None).unwrap().body.len())

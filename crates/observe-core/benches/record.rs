@@ -40,7 +40,10 @@ fn record(c: &mut Criterion) {
     let traced = Traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     c.bench_function("record_traced", |b| {
         b.iter(|| {
-            let record = metrics.id().start_with("GET", Some("/users/{id}"), &traced).unwrap();
+            let record = metrics
+                .id()
+                .start_with("GET", Some("/users/{id}"), &traced)
+                .unwrap();
             let mut response = record.respond(200);
             response.add_response_bytes(7);
             response.finish();
@@ -53,7 +56,10 @@ fn record(c: &mut Criterion) {
         .unwrap();
     c.bench_function("record_traced_every_exemplar_kept", |b| {
         b.iter(|| {
-            let record = every.id().start_with("GET", Some("/users/{id}"), &traced).unwrap();
+            let record = every
+                .id()
+                .start_with("GET", Some("/users/{id}"), &traced)
+                .unwrap();
             let mut response = record.respond(200);
             response.add_response_bytes(7);
             response.finish();
