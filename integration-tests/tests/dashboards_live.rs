@@ -246,7 +246,7 @@ fn every_dashboard_query_returns_data_on_real_traffic() {
             "{kind} Prometheus: classic duration buckets {classic}, native histogram {native}"
         );
         for d in Dashboard::load_all() {
-            let values = resolve_variables(&prom, &d);
+            let values = resolve_variables(prom, &d);
             for (name, want) in [
                 ("job", EXAMPLES.len()),
                 ("instance", EXAMPLES.len()),
@@ -268,7 +268,7 @@ fn every_dashboard_query_returns_data_on_real_traffic() {
                     values["route"]
                 );
             }
-            let (total, failed) = run_queries(&prom, &d, &values);
+            let (total, failed) = run_queries(prom, &d, &values);
             println!(
                 "{} on the {kind} Prometheus: {} panels, {} queries, {} returned data (every job, instance, service and route selected)",
                 d.name(),
@@ -289,7 +289,7 @@ fn every_dashboard_query_returns_data_on_real_traffic() {
                 for route in values["route"].clone() {
                     let mut one = values.clone();
                     one.insert("route".to_owned(), vec![route]);
-                    let (total, failed) = run_queries(&prom, &d, &one);
+                    let (total, failed) = run_queries(prom, &d, &one);
                     per_route_total += total;
                     per_route_ok += total - failed.len();
                     failures.extend(

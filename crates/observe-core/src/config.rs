@@ -197,7 +197,7 @@ impl<T> ObserveBuilder<T> {
     /// The largest ratio between a native bucket's bounds (> 1); the schema is the coarsest
     /// whose ratio is at most this. Turns native histograms on.
     pub fn native_bucket_factor(mut self, factor: f64) -> Result<Self, ObserveError> {
-        if !(factor > 1.0 && factor.is_finite()) {
+        if factor.is_nan() || factor <= 1.0 || factor.is_infinite() {
             return Err(ObserveError::InvalidNativeHistogram(format!(
                 "bucket factor {factor} is not a finite number above 1"
             )));
@@ -223,7 +223,7 @@ impl<T> ObserveBuilder<T> {
     /// Durations at most this long (seconds, ≥ 0) count in the native zero bucket. Turns
     /// native histograms on.
     pub fn native_zero_threshold(mut self, seconds: f64) -> Result<Self, ObserveError> {
-        if !(seconds >= 0.0 && seconds.is_finite()) {
+        if seconds.is_nan() || seconds < 0.0 || seconds.is_infinite() {
             return Err(ObserveError::InvalidNativeHistogram(format!(
                 "zero threshold {seconds} is not a finite number of seconds, 0 or more"
             )));

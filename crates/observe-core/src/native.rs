@@ -45,7 +45,7 @@ pub(crate) struct NativeLayout {
 /// The schema whose factor between buckets is at most `factor`, in Prometheus' range
 /// (-4 to 8), as Go's client picks it.
 pub(crate) fn schema_for(factor: f64) -> i32 {
-    if !(factor > 1.0) || !factor.is_finite() {
+    if factor.is_nan() || factor <= 1.0 || factor.is_infinite() {
         return 8;
     }
     let schema = -(factor.log2().log2().floor()) as i32;

@@ -136,9 +136,10 @@ fn hex(bytes: &[u8]) -> String {
 /// A user's way to find a request's trace (see
 /// [`ObserveBuilder::trace_context`](crate::ObserveBuilder::trace_context)).
 #[derive(Clone)]
-pub(crate) struct TraceHook(
-    pub(crate) Arc<dyn Fn(&dyn TraceHeaders) -> Option<TraceContext> + Send + Sync>,
-);
+pub(crate) struct TraceHook(pub(crate) Arc<TraceFn>);
+
+/// The hook's function.
+pub(crate) type TraceFn = dyn Fn(&dyn TraceHeaders) -> Option<TraceContext> + Send + Sync;
 
 impl std::fmt::Debug for TraceHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
