@@ -785,23 +785,7 @@ pub fn active(samples: &[Sample], method: &str) -> f64 {
 /// Runs `promtool check metrics` on `exposition` and panics with its complaints unless it
 /// passes.
 pub fn assert_promtool_accepts(exposition: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-
-    let mut check = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool starts");
-    check
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("feed promtool");
-    let out = check.wait_with_output().expect("promtool runs");
+    let out = crate::run_with_input(&promtool(), &["check", "metrics"], exposition.as_bytes());
     assert!(
         out.status.success(),
         "promtool check metrics: {}{}",

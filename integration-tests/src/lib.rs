@@ -20,8 +20,8 @@ pub use dashboard::{
 };
 pub use profiling::{chromium_screenshot, fetch, go_tool_pprof, Answer, Load};
 pub use tools::{
-    amtool, free_port, has_data, http_get, promtool, tool, url_encode, wait_until, Alertmanager,
-    Prometheus, TempDir,
+    amtool, free_port, has_data, http_get, promtool, run_with_input, tool, url_encode, wait_until,
+    Alertmanager, Prometheus, TempDir,
 };
 
 use std::io::{BufRead, BufReader};

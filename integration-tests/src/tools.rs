@@ -271,6 +271,26 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `program` with `args`, writes `input` to its standard input, and returns what it did.
+/// Panics if it cannot be started.
+pub fn run_with_input(program: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    // A program that exits early closes its input: what it says matters, not the write.
+    let _ = child.stdin.take().expect("piped stdin").write_all(input);
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{} did not run: {e}", program.display()))
+}
+
 /// A real Prometheus server (the Debian package `prometheus`) on a loopback port, with its
 /// TSDB in a temporary directory.
 pub struct Prometheus {

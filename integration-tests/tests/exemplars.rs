@@ -4,12 +4,11 @@
 //! native-histograms` stores the exemplars and computes quantiles from the native histogram.
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use integration_tests::contract::{assert_promtool_accepts, PROMETHEUS_ACCEPT};
-use integration_tests::{wait_until, Example, Prometheus};
+use integration_tests::{run_with_input, wait_until, Example, Prometheus};
 
 const EXAMPLES: &[&str] = &["example-axum", "example-actix"];
 
@@ -62,20 +61,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         if s.exemplar:
             print(s.name, s.labels.get("http_route"), s.labels.get("le"), s.exemplar.labels["trace_id"], s.exemplar.value)
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (the test command installs prometheus_client)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python3 ran");
+    let out = run_with_input(Path::new("python3"), &["-c", SCRIPT], exposition.as_bytes());
     assert!(
         out.status.success(),
         "the OpenMetrics parser refused the exposition: {}\n{exposition}",

@@ -13,7 +13,7 @@ use crate::labels::MethodLabel;
 use crate::record::RequestRecord;
 use crate::routes::RouteId;
 use crate::state::{with_state, Owner, State};
-use crate::trace::{self, NoHeaders, TraceHeaders};
+use crate::trace::{self, TraceHeaders};
 
 /// One service's HTTP metric families, registered on a [`Registry`].
 ///
@@ -137,7 +137,12 @@ impl MetricsId {
     /// [`RequestRecord::set_route`] then.
     #[inline]
     pub fn start(self, method: &str, template: Option<&str>) -> Option<RequestRecord> {
-        self.start_with(method, template, &NoHeaders)
+        let method = MethodLabel::from_method(method);
+        let route = with_state(self.0, |state| {
+            let route = state.routes.resolve(template);
+            state.count_start(method, route).then_some(route)
+        })??;
+        Some(RequestRecord::new(self.0, method, route, None))
     }
 
     /// [`start`](Self::start) for a request with these `headers`: a sampled trace in them

@@ -231,7 +231,7 @@ impl Recording {
             request_bytes: self.request_bytes
                 + self.request_tally.as_ref().map_or(0, ByteTally::get),
             response_bytes: self.response_bytes,
-            trace: self.trace,
+            trace: self.trace.take(),
         });
         // Closed metrics (nobody can read them any more) take nothing.
         with_state(self.metrics, |state| state.finish(self.method, observation));

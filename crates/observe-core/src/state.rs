@@ -250,16 +250,12 @@ impl State {
         let finished = &self.requests[shard.index()].finished[method.index()];
         shard.add_ordered(finished, 1, Ordering::Release);
         let Some(o) = o else { return };
-        let now = Instant::now();
-        let nanos = now
-            .saturating_duration_since(o.started)
-            .as_nanos()
-            .min(u64::MAX as u128) as u64;
+        let nanos = o.started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         with_series(
             self.id,
             o.key,
             || self.series(o.key),
-            |s| self.observe_into(s, shard, nanos, now, &o),
+            |s| self.observe_into(s, shard, nanos, &o),
         );
     }
 
@@ -291,7 +287,7 @@ impl State {
     }
 
     #[inline]
-    fn observe_into(&self, s: &Series, shard: Shard, nanos: u64, now: Instant, o: &Observation) {
+    fn observe_into(&self, s: &Series, shard: Shard, nanos: u64, o: &Observation) {
         let cells = s.cells(shard, self);
         let (duration, sizes) = cells.split_at(self.duration_bounds.cells());
         let bucket = self.duration_bounds.observe(duration, shard, nanos);
@@ -300,6 +296,15 @@ impl State {
             bounds.observe(request, shard, o.request_bytes);
             bounds.observe(response, shard, o.response_bytes);
         }
+        // One test for both extras, on the common path.
+        if self.native.is_some() | o.trace.is_some() {
+            self.observe_extras(s, shard, nanos, bucket, o);
+        }
+    }
+
+    /// Native buckets (when on) and the exemplar (when the request has a trace).
+    #[inline(never)]
+    fn observe_extras(&self, s: &Series, shard: Shard, nanos: u64, bucket: usize, o: &Observation) {
         // Written after the classic buckets; the collector reads them in the other order, so
         // a scrape never sees more native observations than classic ones.
         if let Some(layout) = &self.native {
@@ -308,27 +313,16 @@ impl State {
             }
         }
         if let Some(trace) = &o.trace {
-            self.keep_exemplar(s, bucket, trace, nanos, now);
-        }
-    }
-
-    /// Offers a traced request's duration to its bucket's exemplar.
-    #[cold]
-    fn keep_exemplar(
-        &self,
-        s: &Series,
-        bucket: usize,
-        trace: &TraceContext,
-        nanos: u64,
-        now: Instant,
-    ) {
-        let cells = s.exemplars.get_or_init(|| {
-            (0..self.duration_bounds.exposed().len() + 1)
-                .map(|_| ExemplarCell::default())
-                .collect()
-        });
-        if let Some(cell) = cells.get(bucket) {
-            cell.offer(trace, nanos, stamp(now), self.exemplar_interval);
+            let cells = s.exemplars.get_or_init(|| {
+                (0..self.duration_bounds.exposed().len() + 1)
+                    .map(|_| ExemplarCell::default())
+                    .collect()
+            });
+            if let Some(cell) = cells.get(bucket) {
+                // The end of the request, without reading the clock again.
+                let at = stamp(o.started).saturating_add(nanos);
+                cell.offer(trace, nanos, at, self.exemplar_interval);
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! user gives [`ObserveBuilder::trace_context`](crate::ObserveBuilder::trace_context) (an
 //! OpenTelemetry or `tracing` context).
 
-use std::fmt::Write;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 /// The request headers, as an adapter shows them to trace-context extraction.
@@ -14,16 +14,6 @@ pub trait TraceHeaders {
     /// The `traceparent` header: adapters answer it without parsing the name each time.
     fn traceparent(&self) -> Option<&[u8]> {
         self.get("traceparent")
-    }
-}
-
-/// No headers: what [`MetricsId::start`](crate::adapter::MetricsId::start) looks at.
-pub(crate) struct NoHeaders;
-
-impl TraceHeaders for NoHeaders {
-    #[inline]
-    fn get(&self, _: &str) -> Option<&[u8]> {
-        None
     }
 }
 
@@ -40,14 +30,21 @@ impl TraceHeaders for NoHeaders {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
-    trace_id: [u8; 16],
-    span_id: [u8; 8],
+    /// The trace id, big-endian, in two words (never both zero).
+    hi: u64,
+    lo: u64,
+    /// The span id (never zero: so `Option<TraceContext>` takes no more room).
+    span: NonZeroU64,
 }
 
 impl TraceContext {
     /// A context from its ids; `None` when either is all zeros (invalid in W3C trace context).
     pub fn new(trace_id: [u8; 16], span_id: [u8; 8]) -> Option<Self> {
-        (trace_id != [0; 16] && span_id != [0; 8]).then_some(TraceContext { trace_id, span_id })
+        let (hi, lo) = (
+            u128::from_be_bytes(trace_id) >> 64,
+            u128::from_be_bytes(trace_id),
+        );
+        TraceContext::from_words([hi as u64, lo as u64, u64::from_be_bytes(span_id)])
     }
 
     /// Parses a W3C `traceparent` header value (`version-traceid-parentid-flags`, lower-case
@@ -60,54 +57,53 @@ impl TraceContext {
         if value.len() < 55 || (value.len() > 55 && value[55] != b'-') {
             return None;
         }
-        let version = hex_byte(value[0], value[1])?;
-        if version == 0xff || (version == 0 && value.len() != 55) {
-            return None;
-        }
         if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
             return None;
         }
+        let head = hex_byte(value[0], value[1])?;
         let flags = hex_byte(value[53], value[54])?;
-        if flags & 1 == 0 {
+        if head == 0xff || (head == 0 && value.len() != 55) || flags & 1 == 0 {
             return None;
         }
-        let mut trace_id = [0u8; 16];
-        for (i, byte) in trace_id.iter_mut().enumerate() {
-            *byte = hex_byte(value[3 + 2 * i], value[4 + 2 * i])?;
+        // Six words of eight digits, decoded independently; one test of all of them at the end.
+        let word = |at: usize| match value.get(at..at + 8) {
+            Some(&[a, b, c, d, e, f, g, h]) => hex8([a, b, c, d, e, f, g, h]),
+            _ => (0, 1),
+        };
+        let (a, bad_a) = word(3);
+        let (b, bad_b) = word(11);
+        let (c, bad_c) = word(19);
+        let (d, bad_d) = word(27);
+        let (e, bad_e) = word(36);
+        let (f, bad_f) = word(44);
+        if (bad_a | bad_b | bad_c | bad_d | bad_e | bad_f) != 0 {
+            return None;
         }
-        let mut span_id = [0u8; 8];
-        for (i, byte) in span_id.iter_mut().enumerate() {
-            *byte = hex_byte(value[36 + 2 * i], value[37 + 2 * i])?;
-        }
-        TraceContext::new(trace_id, span_id)
+        let hi = ((a as u64) << 32) | b as u64;
+        let lo = ((c as u64) << 32) | d as u64;
+        let span = ((e as u64) << 32) | f as u64;
+        TraceContext::from_words([hi, lo, span])
     }
 
     /// The trace id, 32 lower-case hex digits.
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        format!("{:016x}{:016x}", self.hi, self.lo)
     }
 
     /// The span id, 16 lower-case hex digits.
     pub fn span_id_hex(&self) -> String {
-        hex(&self.span_id)
+        format!("{:016x}", self.span)
     }
 
-    /// The trace id as a number (big-endian), as exemplar cells store it.
+    /// The ids as exemplar cells store them: trace id (two words, big-endian), span id.
     pub(crate) fn words(&self) -> [u64; 3] {
-        let (hi, lo) = self.trace_id.split_at(8);
-        [
-            u64::from_be_bytes(hi.try_into().unwrap_or_default()),
-            u64::from_be_bytes(lo.try_into().unwrap_or_default()),
-            u64::from_be_bytes(self.span_id),
-        ]
+        [self.hi, self.lo, self.span.get()]
     }
 
-    /// The inverse of [`words`](Self::words).
+    /// The inverse of [`words`](Self::words); `None` for a zero trace or span id.
     pub(crate) fn from_words([hi, lo, span]: [u64; 3]) -> Option<Self> {
-        let mut trace_id = [0u8; 16];
-        trace_id[..8].copy_from_slice(&hi.to_be_bytes());
-        trace_id[8..].copy_from_slice(&lo.to_be_bytes());
-        TraceContext::new(trace_id, span.to_be_bytes())
+        let span = NonZeroU64::new(span)?;
+        (hi | lo != 0).then_some(TraceContext { hi, lo, span })
     }
 }
 
@@ -125,12 +121,29 @@ fn hex_byte(hi: u8, lo: u8) -> Option<u8> {
     Some((digit(hi)? << 4) | digit(lo)?)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+/// Eight lower-case hex digits as a number, all at once in a word (SWAR): each byte is turned
+/// into its value without a branch per digit. The second value is zero unless a byte is not
+/// `0-9` or `a-f`.
+#[inline]
+fn hex8(digits: [u8; 8]) -> (u32, u64) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Byte order: the first digit in the lowest byte.
+    let v = u64::from_le_bytes(digits);
+    // The high bit of each byte of `at_least(k)` / `at_most(k)` says whether that byte is
+    // >= k / <= k; exact for bytes below 0x80 (the others are bad anyway), and no borrow
+    // crosses bytes.
+    let at_least = |k: u64| (v | HIGH).wrapping_sub(ONES * k);
+    let at_most = |k: u64| (HIGH | (ONES * k)).wrapping_sub(v & !HIGH);
+    let digit = at_least(b'0' as u64) & at_most(b'9' as u64);
+    let letter = at_least(b'a' as u64) & at_most(b'f' as u64);
+    let bad = (v & HIGH) | (!(digit | letter) & HIGH);
+    // '0'-'9' are 0x30-0x39 and 'a'-'f' 0x61-0x66: the low nibble, plus 9 for letters (bit 6).
+    let nibbles = (v & (ONES * 0x0f)) + 9 * ((v >> 6) & ONES);
+    // Pack the eight nibbles, first digit most significant.
+    let pairs = ((nibbles << 4) | (nibbles >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let quads = ((pairs << 8) | (pairs >> 16)) & 0x0000_ffff_0000_ffff;
+    ((((quads << 16) | (quads >> 32)) & 0xffff_ffff) as u32, bad)
 }
 
 /// A user's way to find a request's trace (see
@@ -164,6 +177,20 @@ mod tests {
     use super::*;
 
     const GOOD: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn hex_words_decode_every_digit() {
+        assert_eq!(hex8(*b"01234567"), (0x0123_4567, 0));
+        assert_eq!(hex8(*b"89abcdef"), (0x89ab_cdef, 0));
+        for c in 0..=255u8 {
+            let valid = c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+            for at in [0, 3, 7] {
+                let mut digits = *b"00000000";
+                digits[at] = c;
+                assert_eq!(hex8(digits).1 == 0, valid, "{c:#x} at {at}");
+            }
+        }
+    }
 
     #[test]
     fn well_formed_sampled_traceparents_parse_and_round_trip() {
