@@ -60,10 +60,13 @@ fn junk() -> Vec<Junk> {
     let head = |method: &str, path: &str| {
         format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes()
     };
-    let big_header = format!(
-        "GET /users/1 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(512 * 1024)
-    );
+    let header_of = |kib: usize| {
+        format!(
+            "GET /users/1 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(kib * 1024)
+        )
+        .into_bytes()
+    };
     let many_headers = format!(
         "GET /users/1 HTTP/1.1\r\nHost: x\r\n{}\r\n",
         (0..200)
@@ -90,8 +93,16 @@ fn junk() -> Vec<Junk> {
             series: None,
         },
         Junk {
+            // Over the examples' head limit (128 KiB: actix-web's, and example-axum's, where
+            // hyper's default would have taken ~400 KiB).
+            what: "a 200 KiB header",
+            raw: header_of(200),
+            status: 431,
+            series: None,
+        },
+        Junk {
             what: "a 512 KiB header",
-            raw: big_header.into_bytes(),
+            raw: header_of(512),
             status: 431,
             series: None,
         },

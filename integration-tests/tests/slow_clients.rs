@@ -17,6 +17,9 @@ const MIB: u64 = 1024 * 1024;
 const CLOSED_WITHIN: Duration = Duration::from_secs(15);
 /// What 200 idle connections may leave behind once closed.
 const RSS_LEFT_BOUND: u64 = 4 * MIB;
+/// What a profile may leave behind, read or not (`docs/pprof.md`, "Memory": the sampler's
+/// buffers and symbol tables stay for the next profile).
+const PROFILE_LEFT_BOUND: u64 = 8 * MIB;
 
 /// How a held connection behaves.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -246,6 +249,11 @@ fn a_client_that_never_reads_its_profile_holds_nothing(package: &str) {
     assert!(
         unread.closed_after.is_some(),
         "{package}: the connection was never closed"
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) <= PROFILE_LEFT_BOUND,
+        "{package}: {:.1} MiB left behind",
+        rss_after.saturating_sub(rss_before) as f64 / MIB as f64
     );
 }
 

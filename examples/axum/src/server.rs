@@ -1,6 +1,6 @@
 //! The HTTP/1 server loop `axum::serve` would run, with the limits it does not let you set:
 //! a connection must send a whole request head within [`HEADER_READ_TIMEOUT`] of opening, and
-//! of its previous response, or it is closed; a head may buffer at most [`MAX_HEAD_BUFFER`].
+//! of its previous response, or it is closed; a head may be at most [`MAX_HEAD_SIZE`].
 //!
 //! `axum::serve` sets no timer, so hyper's `header_read_timeout` never fires there: a client
 //! that opens a connection and sends nothing, half a head, or a head one byte at a time, holds
@@ -25,9 +25,10 @@ use tower::ServiceExt;
 /// defaults (`client_request_timeout`, `keep_alive`) are the same 5 s.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The most a connection buffers while reading a request head (hyper's default is ~400 KiB;
-/// actix-web's limit is 32 KiB). A longer head is answered `431`.
-pub(crate) const MAX_HEAD_BUFFER: usize = 64 * 1024;
+/// The longest request head (request line and headers) a connection may send, which is also
+/// what it may make the server buffer while sending it slowly: actix-web's fixed limit,
+/// 128 KiB (hyper's own is its ~400 KiB read buffer). A longer head is answered `431`.
+pub(crate) const MAX_HEAD_SIZE: usize = 128 * 1024;
 
 /// How long a graceful shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -43,7 +44,7 @@ pub(crate) async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BUFFER);
+        .max_header_size(MAX_HEAD_SIZE);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
