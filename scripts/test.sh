@@ -67,8 +67,9 @@ echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features
 echo "== build the examples the end-to-end tests start"
 cargo build --workspace --bins
-# integration-tests/tests/pprof_memory.rs measures what a profile costs a release build.
-echo "== build the release examples the profiling memory test measures"
+# integration-tests/tests/pprof_memory.rs measures what a profile costs a release build;
+# load_and_faults.rs and slow_clients.rs put the release builds under load and hostile clients.
+echo "== build the release examples the memory, load and slow-client tests run"
 cargo build --release -p example-axum -p example-actix
 echo "== cargo test"
 cargo test --workspace

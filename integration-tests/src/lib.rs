@@ -11,6 +11,7 @@ pub mod allocations;
 pub mod bench;
 pub mod contract;
 mod dashboard;
+pub mod load;
 mod profiling;
 pub mod pyroscope;
 mod tools;

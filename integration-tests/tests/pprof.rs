@@ -412,16 +412,19 @@ fn a_request_through_a_proxy_is_refused_by_the_loopback_rule(package: &str) {
         "direct, from loopback"
     );
     for header in [
-        "X-Forwarded-For: 203.0.113.7",
-        "Forwarded: for=203.0.113.7;proto=https",
-        "X-Real-IP: 203.0.113.7",
+        &b"X-Forwarded-For: 203.0.113.7"[..],
+        b"Forwarded: for=203.0.113.7;proto=https",
+        b"X-Real-IP: 203.0.113.7",
+        // What nginx's `$proxy_add_x_forwarded_for` makes of a client's own header that is
+        // not text: still a proxy header.
+        b"X-Forwarded-For: \xff\xfe, 203.0.113.7",
     ] {
         let mut tcp = TcpStream::connect(example.addr).expect("connect");
-        write!(
-            tcp,
-            "GET /debug/pprof/ HTTP/1.0\r\nHost: example\r\n{header}\r\n\r\n"
-        )
-        .expect("send");
+        tcp.write_all(b"GET /debug/pprof/ HTTP/1.0\r\nHost: example\r\n")
+            .and_then(|()| tcp.write_all(header))
+            .and_then(|()| tcp.write_all(b"\r\n\r\n"))
+            .expect("send");
+        let header = text(header);
         let mut answer = Vec::new();
         tcp.read_to_end(&mut answer).expect("answer");
         let answer = text(&answer);

@@ -20,6 +20,9 @@ pub struct AccessRequest<'a> {
     path: &'a str,
     peer: Option<IpAddr>,
     headers: Vec<(&'a str, &'a str)>,
+    /// Headers whose value is not text: no rule reads their value, but their presence
+    /// counts (a proxy appends to whatever `X-Forwarded-For` its client sent, bytes included).
+    opaque: Vec<&'a str>,
 }
 
 impl<'a> AccessRequest<'a> {
@@ -30,6 +33,7 @@ impl<'a> AccessRequest<'a> {
             path,
             peer,
             headers: Vec::new(),
+            opaque: Vec::new(),
         }
     }
 
@@ -39,13 +43,15 @@ impl<'a> AccessRequest<'a> {
         self
     }
 
-    /// Adds every header whose value is text; others (no rule reads them) are left out.
+    /// Adds every header. [`header`](Self::header) gives the values that are text; a header
+    /// whose value is not still counts as present for [`has_header`](Self::has_header).
     /// Adapters pass their header map: `.with_headers(headers.iter().map(|(n, v)| (n.as_str(),
     /// v.as_bytes())))`.
     pub fn with_headers(mut self, headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
         for (name, value) in headers {
-            if let Ok(value) = std::str::from_utf8(value) {
-                self.headers.push((name, value));
+            match std::str::from_utf8(value) {
+                Ok(value) => self.headers.push((name, value)),
+                Err(_) => self.opaque.push(name),
             }
         }
         self
@@ -61,7 +67,12 @@ impl<'a> AccessRequest<'a> {
         self.peer
     }
 
-    /// The first value of header `name` (case-insensitive).
+    /// Whether the request carries header `name` (case-insensitive), whatever its value.
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some() || self.opaque.iter().any(|k| k.eq_ignore_ascii_case(name))
+    }
+
+    /// The first text value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers
             .iter()
@@ -211,9 +222,7 @@ const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 
 /// The first proxy header `req` carries.
 fn proxied(req: &AccessRequest<'_>) -> Option<&'static str> {
-    PROXY_HEADERS
-        .into_iter()
-        .find(|name| req.header(name).is_some())
+    PROXY_HEADERS.into_iter().find(|name| req.has_header(name))
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
@@ -255,6 +264,11 @@ mod tests {
             assert!(text.contains("Access::bearer_token"), "{text}");
             assert!(text.contains("serve_pprof_on_loopback"), "{text}");
         }
+        // A value that is not text (nginx appends the client to what the client sent).
+        let raw: &[u8] = b"\xff, 203.0.113.7";
+        let req = AccessRequest::new("/", Some([127, 0, 0, 1].into()))
+            .with_headers([("x-forwarded-for", raw)]);
+        assert_eq!(a.check(&req).expect_err("not text").status, 403);
         // Other rules decide for themselves: a token works behind a proxy.
         let token = Access::bearer_token("t").unwrap();
         let req = AccessRequest::new("/", Some([127, 0, 0, 1].into()))

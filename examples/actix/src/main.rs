@@ -154,6 +154,13 @@ async fn main() {
             .wrap(observe.clone())
     })
     .workers(2)
+    // A connection must send a whole request head within 5 s of opening, and of its previous
+    // response, or it is closed (with a 408 when it sent nothing usable): a client that opens
+    // connections and sends nothing, or a head byte by byte, cannot hold them. These are
+    // actix-web's defaults, stated so they are not lost; example-axum sets the same
+    // (tested in integration-tests/tests/slow_clients.rs).
+    .client_request_timeout(Duration::from_secs(5))
+    .keep_alive(Duration::from_secs(5))
     // Records a client that left before its response as 499, and lets a CPU profile stop when
     // its client disconnects (actix runs handlers on otherwise).
     .on_connect(observe_actix::on_connect)

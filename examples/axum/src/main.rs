@@ -14,6 +14,7 @@
 mod busy_work;
 #[path = "../../shared/continuous_profiling.rs"]
 mod continuous_profiling;
+mod server;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -163,13 +164,8 @@ async fn main() {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    // The client address lets observe's default pprof rule answer loopback clients only.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        eprintln!("example-axum: server error: {e}");
-        std::process::exit(1);
-    }
+    // Not `axum::serve`: it sets no header read timeout, so a client that opens connections
+    // and sends nothing would hold them forever (see server.rs). The client address lets
+    // observe's default pprof rule answer loopback clients only.
+    server::serve(listener, app, shutdown).await;
 }

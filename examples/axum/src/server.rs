@@ -1,0 +1,76 @@
+//! The HTTP/1 server loop `axum::serve` would run, with the limits it does not let you set:
+//! a connection must send a whole request head within [`HEADER_READ_TIMEOUT`] of opening, and
+//! of its previous response, or it is closed; a head may be at most [`MAX_HEAD_SIZE`].
+//!
+//! `axum::serve` sets no timer, so hyper's `header_read_timeout` never fires there: a client
+//! that opens a connection and sends nothing, half a head, or a head one byte at a time, holds
+//! the connection and its buffers for as long as it likes (tested in
+//! `integration-tests/tests/slow_clients.rs`). See `docs/pprof.md`, "Clients that hold
+//! connections".
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tower::ServiceExt;
+
+/// How long a connection may take to send a whole request head, counted from its opening or
+/// from its previous response (so it is the keep-alive idle timeout too). actix-web's
+/// defaults (`client_request_timeout`, `keep_alive`) are the same 5 s.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest request head (request line and headers) a connection may send, which is also
+/// what it may make the server buffer while sending it slowly: actix-web's fixed limit,
+/// 128 KiB (hyper's own is its ~400 KiB read buffer). A longer head is answered `431`.
+pub(crate) const MAX_HEAD_SIZE: usize = 128 * 1024;
+
+/// How long a graceful shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets requests in flight finish
+/// (at most [`SHUTDOWN_GRACE`]). Handlers see the client's address as axum's
+/// `ConnectInfo<SocketAddr>`, as with `into_make_service_with_connect_info`.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEAD_SIZE);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors or similar: wait instead of spinning.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            app.clone().oneshot(req)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            // A client that went away or broke the protocol: nothing to do but close.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+}
