@@ -17,6 +17,8 @@ use crate::shard::Shard;
 
 /// Buckets a chunk holds.
 const CHUNK: usize = 32;
+/// The bits of 0.5 as an `f64`: the exponent under which a mantissa is a fraction in [0.5, 1).
+const HALF_BITS: u64 = 1022 << 52;
 
 /// The default bucket factor: each bucket 1.1 times as wide as the one before at most, which
 /// is schema 3 (a factor of 2^(1/8) ≈ 1.09), as Go's client.
@@ -33,8 +35,18 @@ pub(crate) struct NativeLayout {
     schema: i32,
     zero_threshold: f64,
     max_buckets: usize,
-    /// For schema > 0: the 2^schema lower fractions of a power of two where buckets start.
+    /// For schema > 0: the 2^schema fractions of a power of two where buckets end.
     bounds: Box<[f64]>,
+    /// Durations (ns) at most this long are in the zero bucket.
+    zero_nanos: u64,
+    /// The last nanosecond of each bucket from `min_key` on (`upper_nanos[k - min_key]`).
+    upper_nanos: Box<[u64]>,
+    /// A duration's bucket without floating point: the index of its highest set bit and the
+    /// [`slice_bits`](Self::slice_bits) bits after it pick a slice of the integers, narrower
+    /// than any bucket, so at most one bucket bound lies inside; this is the bucket of the
+    /// slice's first integer, and one comparison with `upper_nanos` finishes it.
+    slice_key: Box<[i32]>,
+    slice_bits: u32,
     /// The lowest key a duration of 1 ns or more can have; keys start there in the chunks.
     min_key: i32,
     /// Chunks that cover every key from `min_key` to that of the longest duration (`u64`
@@ -63,31 +75,70 @@ impl NativeLayout {
         } else {
             Box::default()
         };
+        let zero_nanos = (zero_threshold * 1e9).floor().min(u64::MAX as f64) as u64;
         let mut layout = NativeLayout {
             schema,
             zero_threshold,
             max_buckets: max_buckets.max(1),
             bounds,
+            zero_nanos,
+            upper_nanos: Box::default(),
+            slice_key: Box::default(),
+            // Slices 2^-(schema + 2) of a power of two wide: narrower than a bucket (a factor of
+            // 2^(2^-schema) ≥ 1 + 0.69 / 2^schema).
+            slice_bits: (schema.max(0) + 2) as u32,
             min_key: 0,
             chunks: 0,
         };
-        let lowest = layout.key(zero_threshold.max(1e-9));
-        let highest = layout.key(u64::MAX as f64 * 1e-9);
+        let lowest = layout.key(((zero_nanos + 1) as f64 * 1e-9).max(f64::MIN_POSITIVE));
+        let highest = layout.key(u64::MAX as f64 * 1e-9) + 1;
         layout.min_key = lowest;
         layout.chunks = ((highest - lowest) as usize) / CHUNK + 1;
+        // The last nanosecond of each bucket: floor(1e9 · 2^(k / 2^schema)).
+        layout.upper_nanos = (lowest..=highest + 1)
+            .map(|k| {
+                let upper = 1e9 * 2f64.powf(k as f64 / 2f64.powi(schema));
+                upper.floor().clamp(0.0, u64::MAX as f64) as u64
+            })
+            .collect();
+        let per_power = 1usize << layout.slice_bits;
+        layout.slice_key = (0..64 * per_power)
+            .map(|cell| {
+                let (power, slice) = ((cell / per_power) as u32, (cell % per_power) as u128);
+                // The slice's first integer.
+                let first = (1u128 << power) + ((slice << power) >> layout.slice_bits);
+                let first = first.min(u64::MAX as u128) as u64;
+                let at = layout.upper_nanos.partition_point(|&u| u < first);
+                layout.min_key + at as i32
+            })
+            .collect();
         layout
     }
 
-    /// The bucket of `seconds` (> 0), as Go's client computes it.
+    /// The bucket of a duration of `nanos` (more than `zero_nanos`): the first whose last
+    /// nanosecond is not before it.
     #[inline]
+    fn key_of_nanos(&self, nanos: u64) -> i32 {
+        let zeros = nanos.leading_zeros();
+        let power = 63 - zeros as usize;
+        // The bits after the highest one (two shifts: one of 64 would overflow).
+        let slice = ((nanos << zeros) << 1) >> (64 - self.slice_bits);
+        let cell = (power << self.slice_bits) | slice as usize;
+        let key = self.slice_key.get(cell).copied().unwrap_or(self.min_key);
+        let upper = self.upper_nanos.get((key - self.min_key) as usize);
+        key + upper.is_some_and(|&u| nanos > u) as i32
+    }
+
+    /// The bucket of `seconds` (> 0), as Go's client computes it (a search of the fraction of
+    /// its power of two among the bounds): how the tables are built, and the reference the
+    /// tests hold [`key_of_nanos`](Self::key_of_nanos) to.
     fn key(&self, seconds: f64) -> i32 {
         let bits = seconds.to_bits();
         let exp = ((bits >> 52) & 0x7ff) as i32 - 1022;
-        // The fraction in [0.5, 1): the mantissa under the exponent of 0.5.
-        let frac = f64::from_bits((bits & ((1 << 52) - 1)) | (1022u64 << 52));
+        let frac = f64::from_bits((bits & ((1 << 52) - 1)) | HALF_BITS);
         if self.schema > 0 {
             let below = self.bounds.partition_point(|&b| b < frac) as i32;
-            below + (exp - 1) * self.bounds.len() as i32
+            below + (exp - 1) * (1 << self.schema)
         } else {
             let key = if frac == 0.5 { exp - 1 } else { exp };
             let offset = (1 << -self.schema) - 1;
@@ -106,12 +157,11 @@ impl NativeLayout {
     /// Counts a duration of `nanos` into `cells`, `shard`'s copy.
     #[inline]
     pub(crate) fn observe(&self, cells: &NativeCells, shard: Shard, nanos: u64) {
-        let seconds = nanos as f64 * 1e-9;
-        if seconds <= self.zero_threshold {
+        if nanos <= self.zero_nanos {
             shard.add(&cells.zero, 1);
             return;
         }
-        let at = (self.key(seconds) - self.min_key).max(0) as usize;
+        let at = (self.key_of_nanos(nanos) - self.min_key).max(0) as usize;
         if let Some(chunk) = cells.chunks.get(at / CHUNK) {
             let chunk = chunk.get_or_init(|| Box::new([const { AtomicU64::new(0) }; CHUNK]));
             shard.add(&chunk[at % CHUNK], 1);
@@ -183,6 +233,48 @@ mod tests {
     /// The upper bound of bucket `key` at `schema`.
     fn upper(schema: i32, key: i32) -> f64 {
         2f64.powf(key as f64 / 2f64.powi(schema))
+    }
+
+    #[test]
+    fn the_integer_bucket_is_the_one_whose_bounds_hold_the_duration() {
+        for factor in [1.003, 1.01, 1.1, 1.5, 2.0, 4.0, 300.0] {
+            let layout = NativeLayout::new(factor, DEFAULT_NATIVE_ZERO_THRESHOLD, 160);
+            let s = layout.schema;
+            let mut checked = 0;
+            let mut n = 1u64;
+            while n < u64::MAX / 2 {
+                for x in [n - 1, n, n + 1].into_iter().filter(|&x| x > 0) {
+                    let key = layout.key_of_nanos(x);
+                    // In exact terms: 1e9 · 2^((key-1)/2^s) < x ≤ 1e9 · 2^(key/2^s).
+                    let (low, high) = (1e9 * upper(s, key - 1), 1e9 * upper(s, key));
+                    assert!(
+                        low.floor() < x as f64 && x as f64 <= high.floor() + 1.0,
+                        "schema {s}: {x} ns in bucket {key} ({low}, {high}]"
+                    );
+                    // And Go's floating-point computation agrees away from a bound.
+                    let seconds = x as f64 * 1e-9;
+                    if (seconds / upper(s, key)).ln().abs() > 1e-9 {
+                        assert_eq!(key, layout.key(seconds), "schema {s}: {x} ns");
+                    }
+                    checked += 1;
+                }
+                n = n + n / 97 + 1;
+            }
+            // Exactly on each bucket's last nanosecond, and just past it: the first bucket
+            // whose last nanosecond is not before (buckets narrower than 1 ns hold none).
+            let first_holding =
+                |x: u64| layout.min_key + layout.upper_nanos.partition_point(|&u| u < x) as i32;
+            for &last in layout
+                .upper_nanos
+                .iter()
+                .take(3000)
+                .filter(|&&u| u > 0 && u < u64::MAX)
+            {
+                assert_eq!(layout.key_of_nanos(last), first_holding(last));
+                assert_eq!(layout.key_of_nanos(last + 1), first_holding(last + 1));
+            }
+            assert!(checked > 1000);
+        }
     }
 
     #[test]

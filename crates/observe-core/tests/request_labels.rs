@@ -7,7 +7,7 @@ use std::io::Read;
 
 use observe_core::adapter::MethodLabel;
 use observe_core::prometheus::{IntCounter, Registry};
-use observe_core::{HttpMetrics, MetricsEncoder, OVERFLOW_ROUTE, UNMATCHED_ROUTE};
+use observe_core::{Format, HttpMetrics, MetricsEncoder, OVERFLOW_ROUTE, UNMATCHED_ROUTE};
 use proptest::prelude::*;
 
 const STANDARD_METHODS: [&str; 9] = [
@@ -139,7 +139,7 @@ proptest! {
             prop_assert!(methods.contains(method.as_str()), "gauge method {:?}", method);
         }
         // Whatever the templates held, the exposition is one line per sample.
-        let text = MetricsEncoder::new(metrics.registry().clone()).encode(None).unwrap().body;
+        let text = MetricsEncoder::new(metrics.registry().clone()).encode(Format::Text, None).unwrap().body;
         let text = String::from_utf8(text).unwrap();
         let samples = text
             .lines()
@@ -205,8 +205,8 @@ proptest! {
     #[test]
     fn any_accept_encoding_gets_the_exposition_plain_or_gzipped(header in ".{0,80}") {
         let encoder = small_registry();
-        let plain = encoder.encode(None).unwrap().body;
-        let out = encoder.encode(Some(&header)).unwrap();
+        let plain = encoder.encode(Format::Text, None).unwrap().body;
+        let out = encoder.encode(Format::Text, Some(&header)).unwrap();
         match out.content_encoding {
             None => prop_assert_eq!(&out.body, &plain),
             Some(encoding) => {
@@ -216,9 +216,9 @@ proptest! {
                 prop_assert_eq!(&text, &plain);
             }
         }
-        let answer = encoder.respond(Some(&header));
+        let answer = encoder.respond(None, Some(&header));
         prop_assert_eq!(answer.status, 200);
-        prop_assert_eq!(answer.header("vary"), Some("accept-encoding"));
+        prop_assert_eq!(answer.header("vary"), Some("accept, accept-encoding"));
     }
 
     /// Well-formed lists with weights: gzip exactly when the RFC's rule says so.
@@ -237,7 +237,51 @@ proptest! {
             })
             .collect::<Vec<_>>()
             .join(sep);
-        let out = small_registry().encode(Some(&header)).unwrap();
+        let out = small_registry().encode(Format::Text, Some(&header)).unwrap();
         prop_assert_eq!(out.content_encoding.is_some(), accepts_gzip_model(&items), "{:?}", header);
+    }
+
+    /// Any `Accept` value at all: no panic, a 200 in one of the three formats, the
+    /// `Content-Type` saying which.
+    #[test]
+    fn any_accept_gets_one_of_the_three_formats(header in ".{0,120}") {
+        let format = Format::negotiate(Some(&header));
+        let answer = small_registry().respond(Some(&header), None);
+        prop_assert_eq!(answer.status, 200);
+        prop_assert_eq!(answer.content_type, format.content_type());
+        prop_assert!([Format::Text, Format::OpenMetrics, Format::Protobuf].contains(&format));
+    }
+
+    /// Lists of the types scrapers send, with weights: the supported type of the highest
+    /// weight wins (the first of equal weights), text when none is acceptable.
+    #[test]
+    fn the_highest_weighted_supported_format_wins(
+        items in proptest::collection::vec((0usize..5, proptest::option::of(0u32..=10)), 0..6),
+    ) {
+        const TYPES: [(&str, Option<Format>); 5] = [
+            ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited", Some(Format::Protobuf)),
+            ("application/openmetrics-text;version=1.0.0", Some(Format::OpenMetrics)),
+            ("text/plain;version=0.0.4", Some(Format::Text)),
+            ("application/json", None),
+            ("application/openmetrics-text;version=9.9.9", None),
+        ];
+        let header = items
+            .iter()
+            .map(|&(t, q)| match q {
+                Some(q) => format!("{};q={}", TYPES[t].0, q as f32 / 10.0),
+                None => TYPES[t].0.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut want = (0.0f32, Format::Text);
+        for &(t, q) in &items {
+            let q = q.map_or(1.0, |q| q as f32 / 10.0);
+            if let Some(format) = TYPES[t].1 {
+                if q > want.0 {
+                    want = (q, format);
+                }
+            }
+        }
+        prop_assert_eq!(Format::negotiate(Some(&header)), want.1, "{}", header);
     }
 }
