@@ -412,3 +412,91 @@ mod format_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod exemplar_tests {
+    use super::*;
+    use crate::{HttpMetrics, TraceContext, TraceHeaders};
+
+    /// Request headers from a list.
+    struct Headers(Vec<(&'static str, &'static str)>);
+
+    impl TraceHeaders for Headers {
+        fn get(&self, name: &str) -> Option<&[u8]> {
+            self.0
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_bytes())
+        }
+    }
+
+    const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn openmetrics(metrics: &HttpMetrics) -> String {
+        let out = MetricsEncoder::new(metrics.registry().clone())
+            .encode(Format::OpenMetrics, None)
+            .unwrap();
+        String::from_utf8(out.body).unwrap()
+    }
+
+    fn request(metrics: &HttpMetrics, headers: Vec<(&'static str, &'static str)>) {
+        let record = metrics
+            .id()
+            .start_with("GET", Some("/x"), &Headers(headers))
+            .unwrap();
+        record.respond(200).finish();
+    }
+
+    #[test]
+    fn a_hook_replaces_traceparent_and_exemplars_can_be_turned_off() {
+        let hooked = HttpMetrics::builder("svc")
+            .trace_context(|headers| {
+                let id = headers.get("x-trace")?;
+                TraceContext::new(id.try_into().ok()?, [7; 8])
+            })
+            .build()
+            .unwrap();
+        // The hook decides: a valid traceparent alone gives nothing.
+        request(&hooked, vec![("traceparent", SAMPLED)]);
+        assert!(!openmetrics(&hooked).contains("trace_id"));
+        request(&hooked, vec![("x-trace", "0123456789abcdef")]);
+        let om = openmetrics(&hooked);
+        assert!(
+            om.contains(
+                r#"# {trace_id="30313233343536373839616263646566",span_id="0707070707070707"}"#
+            ),
+            "{om}"
+        );
+
+        let off = HttpMetrics::builder("svc")
+            .exemplars(false)
+            .build()
+            .unwrap();
+        request(&off, vec![("traceparent", SAMPLED)]);
+        assert!(!openmetrics(&off).contains("trace_id"));
+    }
+
+    #[test]
+    fn the_native_count_is_the_histograms_count_in_protobuf() {
+        let metrics = HttpMetrics::builder("svc")
+            .native_histograms(true)
+            .build()
+            .unwrap();
+        for _ in 0..5 {
+            request(&metrics, vec![("traceparent", SAMPLED)]);
+        }
+        let families = crate::collector::gather(metrics.registry());
+        let duration = families
+            .iter()
+            .find(|f| f.name == "http_server_request_duration_seconds")
+            .unwrap();
+        let crate::exposition::model::Value::Histogram(h) = &duration.metrics[0].value else {
+            panic!("a histogram");
+        };
+        let native = h.native.as_ref().expect("native buckets");
+        assert_eq!(native.schema, 3);
+        let total: u64 = native.zero_count + native.positive.iter().map(|b| b.1).sum::<u64>();
+        assert_eq!((total, h.count), (5, 5));
+        assert!(h.buckets.iter().any(|b| b.exemplar.is_some()));
+    }
+}
