@@ -246,3 +246,24 @@ mod tests {
         assert_eq!(s[1].name, "up");
     }
 }
+
+/// One `#[test]` per scenario and example: `for_both_examples!(a, b)` at a test file's root
+/// makes `axum::a`, `actix::a`, ... each calling the scenario function `a(package)` with
+/// `"example-axum"` or `"example-actix"`: the same behaviour proven on both frameworks.
+#[macro_export]
+macro_rules! for_both_examples {
+    ($($scenario:ident),* $(,)?) => {
+        mod axum {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario("example-axum");
+            })*
+        }
+        mod actix {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario("example-actix");
+            })*
+        }
+    };
+}

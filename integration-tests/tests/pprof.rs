@@ -443,26 +443,7 @@ fn a_request_through_a_proxy_is_refused_by_the_loopback_rule(package: &str) {
     }
 }
 
-/// The same scenarios against both examples: the endpoints are observe-core's, mounted by
-/// each adapter.
-macro_rules! for_both_examples {
-    ($($scenario:ident),* $(,)?) => {
-        mod axum {
-            $(#[test]
-            fn $scenario() {
-                super::$scenario("example-axum");
-            })*
-        }
-        mod actix {
-            $(#[test]
-            fn $scenario() {
-                super::$scenario("example-actix");
-            })*
-        }
-    };
-}
-
-for_both_examples!(
+integration_tests::for_both_examples!(
     cpu_profile_under_load_shows_the_workload,
     heap_profile_reads_in_go_tool_pprof,
     the_flame_graph_is_well_formed_svg_showing_the_workload,

@@ -257,24 +257,7 @@ fn a_client_that_never_reads_its_profile_holds_nothing(package: &str) {
     );
 }
 
-macro_rules! for_both_examples {
-    ($($scenario:ident),* $(,)?) => {
-        mod axum {
-            $(#[test]
-            fn $scenario() {
-                super::$scenario("example-axum");
-            })*
-        }
-        mod actix {
-            $(#[test]
-            fn $scenario() {
-                super::$scenario("example-actix");
-            })*
-        }
-    };
-}
-
-for_both_examples!(
+integration_tests::for_both_examples!(
     held_connections_are_closed_and_leave_nothing,
     a_client_that_never_reads_its_profile_holds_nothing,
 );
