@@ -37,6 +37,8 @@ mod labels;
 mod metrics;
 mod record;
 mod routes;
+#[cfg(feature = "runtime-metrics")]
+pub mod runtime;
 mod shard;
 mod state;
 mod sync;

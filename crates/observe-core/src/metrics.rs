@@ -166,6 +166,8 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
             .register(Box::new(collector))
             .map_err(ObserveError::Registration)?;
         register_process_metrics(&registry, fresh)?;
+        #[cfg(feature = "runtime-metrics")]
+        register_runtime_metrics(&registry)?;
         Ok(HttpMetrics { owner, registry }.into())
     }
 }
@@ -184,4 +186,14 @@ fn register_process_metrics(registry: &Registry, fresh: bool) -> Result<(), Obse
     #[cfg(not(target_os = "linux"))]
     let _ = (registry, fresh);
     Ok(())
+}
+
+/// The `tokio_*` families, once per registry (a second service on it shares them).
+#[cfg(feature = "runtime-metrics")]
+fn register_runtime_metrics(registry: &Registry) -> Result<(), ObserveError> {
+    let collector = crate::runtime::RuntimeCollector::new().map_err(ObserveError::Registration)?;
+    match registry.register(Box::new(collector)) {
+        Ok(()) | Err(prometheus::Error::AlreadyReg) => Ok(()),
+        Err(e) => Err(ObserveError::Registration(e)),
+    }
 }
