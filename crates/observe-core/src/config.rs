@@ -57,6 +57,8 @@ pub struct ObserveBuilder<T> {
     pub(crate) excluded_routes: Vec<String>,
     pub(crate) size_histograms: bool,
     pub(crate) max_routes: usize,
+    #[cfg(feature = "runtime-metrics")]
+    pub(crate) runtime_metrics: bool,
     output: PhantomData<fn() -> T>,
 }
 
@@ -73,6 +75,8 @@ impl<T> ObserveBuilder<T> {
             excluded_routes: DEFAULT_EXCLUDED_ROUTES.map(str::to_owned).to_vec(),
             size_histograms: true,
             max_routes: DEFAULT_MAX_ROUTES,
+            #[cfg(feature = "runtime-metrics")]
+            runtime_metrics: true,
             output: PhantomData,
         }
     }
@@ -137,6 +141,14 @@ impl<T> ObserveBuilder<T> {
     /// Turns the request and response body size histograms on (default) or off.
     pub fn size_histograms(mut self, enabled: bool) -> Self {
         self.size_histograms = enabled;
+        self
+    }
+
+    /// Registers the `tokio_*` families of the watched runtimes on the registry (default on;
+    /// see [`crate::runtime`]).
+    #[cfg(feature = "runtime-metrics")]
+    pub fn runtime_metrics(mut self, enabled: bool) -> Self {
+        self.runtime_metrics = enabled;
         self
     }
 

@@ -160,6 +160,8 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
             Some(registry) => (registry, false),
             None => (Registry::new(), true),
         };
+        #[cfg(feature = "runtime-metrics")]
+        let runtime_metrics = self.runtime_metrics;
         let owner = Owner::open(self);
         let collector = HttpCollector::new(owner.clone())?;
         registry
@@ -167,7 +169,9 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
             .map_err(ObserveError::Registration)?;
         register_process_metrics(&registry, fresh)?;
         #[cfg(feature = "runtime-metrics")]
-        register_runtime_metrics(&registry)?;
+        if runtime_metrics {
+            register_runtime_metrics(&registry)?;
+        }
         Ok(HttpMetrics { owner, registry }.into())
     }
 }

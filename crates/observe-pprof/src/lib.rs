@@ -470,6 +470,24 @@ mod tests {
         );
     }
 
+    #[cfg(not(tokio_unstable))]
+    #[test]
+    fn the_task_dump_without_tokio_unstable_is_501_naming_the_flags() {
+        let r = ready(Pprof::new().handle(&local(), "tasks", None));
+        assert_eq!(r.status, 501);
+        assert!(has_go_pprof_header(&r));
+        assert!(
+            r.body_text()
+                .contains("this one lacks: RUSTFLAGS=\"--cfg tokio_unstable\""),
+            "{}",
+            r.body_text()
+        );
+        let index = ready(Pprof::new().handle(&local(), "", None));
+        let index = index.body_text();
+        assert!(!index.contains(r#"href="tasks""#));
+        assert!(index.contains("<b>tasks</b> is not available"));
+    }
+
     #[test]
     fn cmdline_when_enabled_is_nul_separated() {
         let pprof = Pprof::builder().cmdline(true).build();

@@ -182,6 +182,57 @@ mod tests {
         assert_eq!(w.stalled_total, Duration::from_millis(500));
     }
 
+    fn tokio_lines(registry: &prometheus::Registry) -> Vec<String> {
+        let out = crate::MetricsEncoder::new(registry.clone())
+            .encode(None)
+            .unwrap();
+        String::from_utf8(out.body)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("tokio_"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_watched_runtime_is_on_every_registry_once_and_counts_its_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(3)
+            .enable_time()
+            .build()
+            .unwrap();
+        let _ = rt.block_on(async { watch_current() });
+        // Watched once per process: a second watch of a multi-thread runtime is refused.
+        assert!(!watch(rt.handle().clone()));
+        let shared = prometheus::Registry::new();
+        for service in ["a", "b"] {
+            crate::HttpMetrics::builder(service)
+                .registry(shared.clone())
+                .build()
+                .unwrap();
+        }
+        let off = crate::HttpMetrics::builder("c")
+            .runtime_metrics(false)
+            .build()
+            .unwrap();
+        assert!(tokio_lines(off.registry()).is_empty());
+        let tasks: Vec<_> = (0..7)
+            .map(|_| rt.spawn(async { tokio::time::sleep(Duration::from_secs(60)).await }))
+            .collect();
+        let lines = tokio_lines(&shared);
+        assert!(
+            lines.contains(&"tokio_alive_tasks 7".to_owned()),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&"tokio_workers 3".to_owned()), "{lines:?}");
+        let busy = lines
+            .iter()
+            .filter(|l| l.starts_with("tokio_worker_busy_seconds_total{worker="))
+            .count();
+        assert_eq!(busy, 3, "one per worker, once: {lines:?}");
+        tasks.iter().for_each(|t| t.abort());
+    }
+
     #[test]
     fn a_parked_worker_is_never_stalled() {
         let t0 = Instant::now();
