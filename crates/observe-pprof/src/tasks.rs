@@ -78,6 +78,25 @@ pub(crate) fn dump(cancel: &AtomicBool) -> Result<Vec<u8>, PprofError> {
             "no tokio runtime to dump: serve /debug/pprof/tasks from a tokio runtime".to_owned(),
         ));
     }
+    // tokio's multi-thread dump first moves every task queued on the workers into one
+    // bounded queue, and spins forever once more than 128 are queued (tokio 1.54's
+    // `Shared::steal_all`): wait for the queues to drain below that, or refuse.
+    let settled = started + QUEUE_SETTLE_TIMEOUT;
+    let queued = loop {
+        let queued = runtimes.iter().map(queued_on_workers).max().unwrap_or(0);
+        if queued <= MAX_QUEUED_FOR_A_DUMP || Instant::now() >= settled {
+            break queued;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(PprofError::Cancelled);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if queued > MAX_QUEUED_FOR_A_DUMP {
+        return Err(PprofError::TaskDumpTimeout(format!(
+            "{queued} tasks are queued to run; tokio's task dump can hang a multi-thread runtime with more than 128 queued, so none was taken: retry when the service is less busy"
+        )));
+    }
     let (answers, answered) = mpsc::channel();
     for (index, handle) in runtimes.iter().enumerate() {
         let answers = answers.clone();
@@ -166,6 +185,45 @@ pub(crate) fn dump(cancel: &AtomicBool) -> Result<Vec<u8>, PprofError> {
     }
     Ok(out.into_bytes())
 }
+
+/// Tasks queued to run on a multi-thread runtime: on its workers' local queues and on the
+/// global queue they refill those from (a current-thread runtime traces its own queue in
+/// place: 0).
+#[cfg(all(
+    tokio_unstable,
+    feature = "taskdump",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn queued_on_workers(handle: &tokio::runtime::Handle) -> usize {
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        return 0;
+    }
+    let metrics = handle.metrics();
+    let local: usize = (0..metrics.num_workers())
+        .map(|worker| metrics.worker_local_queue_depth(worker))
+        .sum();
+    local + metrics.global_queue_depth()
+}
+
+/// The most tasks queued on a multi-thread runtime's workers a dump starts with: half of
+/// the 128 tokio's dump can gather, leaving room for tasks queued while it starts.
+#[cfg(all(
+    tokio_unstable,
+    feature = "taskdump",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+const MAX_QUEUED_FOR_A_DUMP: usize = 64;
+
+/// How long a dump waits for the workers' queues to drain below [`MAX_QUEUED_FOR_A_DUMP`].
+#[cfg(all(
+    tokio_unstable,
+    feature = "taskdump",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+const QUEUE_SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// This build cannot trace tasks; [`availability`] says why.
 #[cfg(not(all(
