@@ -53,16 +53,24 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # can pick (observe-tower without axum, with tonic only, observe-actix without pprof) would go
 # unseen: lint each library alone with each of its feature sets (every feature alone, and none).
 echo "== cargo clippy, each feature set of each library"
-for spec in observe-core: \
-  observe-pprof: observe-pprof:jemalloc-heap-profile \
+for spec in observe-core: observe-core:runtime-metrics \
+  observe-pprof: observe-pprof:jemalloc-heap-profile observe-pprof:taskdump \
   observe-tower: observe-tower:axum observe-tower:tonic observe-tower:pprof \
-  observe-tower:jemalloc-heap-profile \
-  observe-actix: observe-actix:pprof observe-actix:jemalloc-heap-profile; do
+  observe-tower:jemalloc-heap-profile observe-tower:runtime-metrics observe-tower:taskdump \
+  observe-actix: observe-actix:pprof observe-actix:jemalloc-heap-profile \
+  observe-actix:runtime-metrics observe-actix:taskdump; do
   package=${spec%%:*}
   features=${spec#*:}
   echo "   $package --no-default-features ${features:+--features $features}"
   cargo clippy -q -p "$package" --no-default-features ${features:+--features "$features"} -- -D warnings
 done
+# `--cfg tokio_unstable` compiles code no other build sees (tokio's unstable metrics, the task
+# dump): lint it, in a target directory of its own so the main build is not invalidated.
+taskdump_target="${CARGO_TARGET_DIR:-target}/taskdump"
+echo "== cargo clippy, --cfg tokio_unstable (in $taskdump_target)"
+RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
+  cargo clippy -q -p observe-core -p observe-pprof -p observe-tower -p observe-actix \
+  -p example-axum -p example-actix -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features
 echo "== build the examples the end-to-end tests start"
@@ -71,5 +79,9 @@ cargo build --workspace --bins
 # load_and_faults.rs and slow_clients.rs put the release builds under load and hostile clients.
 echo "== build the release examples the memory, load and slow-client tests run"
 cargo build --release -p example-axum -p example-actix
+# integration-tests/tests/runtime.rs dumps the tasks of examples built with tokio's task dump.
+echo "== build the examples with tokio's task dump (--cfg tokio_unstable, in $taskdump_target)"
+RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
+  cargo build -p example-axum -p example-actix
 echo "== cargo test"
 cargo test --workspace

@@ -84,6 +84,35 @@ pub fn release_binary(package: &str) -> PathBuf {
     path
 }
 
+/// Where `scripts/test.sh` puts the debug build with tokio's task dump on
+/// (`RUSTFLAGS="--cfg tokio_unstable"`, in a target directory of its own so the main build is
+/// not rebuilt): `<target>/taskdump/debug`.
+pub fn taskdump_debug_dir() -> PathBuf {
+    target_debug_dir().with_file_name("taskdump").join("debug")
+}
+
+/// The path of `package` built with `--cfg tokio_unstable` ([`taskdump_debug_dir`]),
+/// building it if it is missing.
+pub fn taskdump_binary(package: &str) -> PathBuf {
+    let dir = taskdump_debug_dir();
+    let path = dir.join(package);
+    if !path.exists() {
+        let target = dir.parent().expect("<target>/taskdump");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", package])
+            .env("RUSTFLAGS", "--cfg tokio_unstable")
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "RUSTFLAGS=\"--cfg tokio_unstable\" cargo build -p {package} failed"
+        );
+    }
+    path
+}
+
 /// A running example service, killed when dropped.
 pub struct Example {
     child: Child,
@@ -96,6 +125,11 @@ impl Example {
     /// waits until it listens. The examples print `... listening on http://ADDR` first.
     pub fn start(package: &str, envs: &[(&str, &str)]) -> Example {
         Example::start_binary(package, binary(package), envs)
+    }
+
+    /// [`start`](Self::start) with the build that can dump its tasks ([`taskdump_binary`]).
+    pub fn start_taskdump(package: &str, envs: &[(&str, &str)]) -> Example {
+        Example::start_binary(package, taskdump_binary(package), envs)
     }
 
     /// [`start`](Self::start) with the `--release` build of `package` ([`release_binary`]).
@@ -233,20 +267,6 @@ fn parse_sample(line: &str) -> Option<Sample> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_labels_and_values() {
-        let s = parse_exposition("# HELP x y\nx_total{a=\"1\",b=\"q\\\"z\"} 3\nup 1\n");
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0].label("b"), Some("q\"z"));
-        assert_eq!(s[0].value, 3.0);
-        assert_eq!(s[1].name, "up");
-    }
-}
-
 /// One `#[test]` per scenario and example: `for_both_examples!(a, b)` at a test file's root
 /// makes `axum::a`, `actix::a`, ... each calling the scenario function `a(package)` with
 /// `"example-axum"` or `"example-actix"`: the same behaviour proven on both frameworks.
@@ -266,4 +286,18 @@ macro_rules! for_both_examples {
             })*
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_labels_and_values() {
+        let s = parse_exposition("# HELP x y\nx_total{a=\"1\",b=\"q\\\"z\"} 3\nup 1\n");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].label("b"), Some("q\"z"));
+        assert_eq!(s[0].value, 3.0);
+        assert_eq!(s[1].name, "up");
+    }
 }

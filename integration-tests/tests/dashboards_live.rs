@@ -308,6 +308,38 @@ fn every_dashboard_query_returns_data_on_real_traffic() {
             }
         }
     }
+    // The runtime row reads the `tokio_*` families, which carry no `service`: each example
+    // must fill every one of its panels on its own (its runtime, not the other's).
+    let overview = Dashboard::load_all()
+        .into_iter()
+        .find(|d| d.name() == "service-overview.json")
+        .expect("the service overview");
+    let prom = &text_prom;
+    let values = resolve_variables(prom, &overview);
+    let runtime: Vec<_> = overview
+        .queries()
+        .into_iter()
+        .filter(|q| q.expr.contains("tokio_"))
+        .collect();
+    assert!(runtime.len() >= 5, "the Runtime row's queries: {runtime:?}");
+    for job in EXAMPLES {
+        let mut one = values.clone();
+        one.insert("job".to_owned(), vec![(*job).to_owned()]);
+        for q in &runtime {
+            let expr = expand(&q.expr, &one);
+            let data = prom.query(&expr).unwrap_or_default();
+            if !has_data(&data) {
+                failures.push((
+                    format!("{job} alone / {} {}: no data", q.panel, q.ref_id),
+                    expr,
+                ));
+            }
+        }
+    }
+    println!(
+        "service-overview.json: the {} runtime queries return data for each example alone",
+        runtime.len()
+    );
     stop.store(true, Ordering::Relaxed);
     rt.shutdown_timeout(Duration::from_secs(2));
 

@@ -385,6 +385,7 @@ fn debug_routes_stay_out_of_the_red_metrics(package: &str) {
         "/debug/pprof",
         "/debug/pprof/nope",
         "/debug/pprof/profile?seconds=0",
+        "/debug/pprof/tasks",
         "/users/1",
     ] {
         get(&example, path);

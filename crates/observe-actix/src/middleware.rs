@@ -76,7 +76,10 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        // Called once per worker: the route cache is the worker's own, so it needs no lock.
+        // Called once per worker: the route cache is the worker's own, so it needs no lock,
+        // and the worker's current-thread runtime is watched from its own thread.
+        #[cfg(feature = "runtime-metrics")]
+        observe_core::runtime::watch_current();
         ready(Ok(ObserveMiddleware {
             service,
             routes: Rc::new(RouteCache::new(self.metrics.clone())),

@@ -68,6 +68,8 @@ pub struct ObserveBuilder<T> {
     pub(crate) exemplars: bool,
     pub(crate) exemplar_interval: Duration,
     pub(crate) trace_hook: Option<TraceHook>,
+    #[cfg(feature = "runtime-metrics")]
+    pub(crate) runtime_metrics: bool,
     output: PhantomData<fn() -> T>,
 }
 
@@ -106,6 +108,8 @@ impl<T> ObserveBuilder<T> {
             exemplars: true,
             exemplar_interval: DEFAULT_EXEMPLAR_INTERVAL,
             trace_hook: None,
+            #[cfg(feature = "runtime-metrics")]
+            runtime_metrics: true,
             output: PhantomData,
         }
     }
@@ -170,6 +174,14 @@ impl<T> ObserveBuilder<T> {
     /// Turns the request and response body size histograms on (default) or off.
     pub fn size_histograms(mut self, enabled: bool) -> Self {
         self.size_histograms = enabled;
+        self
+    }
+
+    /// Registers the `tokio_*` families of the watched runtimes on the registry (default on;
+    /// see [`crate::runtime`]).
+    #[cfg(feature = "runtime-metrics")]
+    pub fn runtime_metrics(mut self, enabled: bool) -> Self {
+        self.runtime_metrics = enabled;
         self
     }
 

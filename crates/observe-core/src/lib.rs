@@ -8,6 +8,10 @@
 //! an adapter. [`adapter`] holds what only an adapter needs: the per-request record that
 //! records each request exactly once, route ids, and the framework-neutral [`adapter::Answer`].
 //!
+//! With the `runtime-metrics` feature, the `runtime` module adds the `tokio_*` families of the
+//! service's tokio runtimes to every registry it builds (read when scraped, nothing per
+//! request) and keeps the list of runtimes `/debug/pprof/tasks` dumps.
+//!
 //! The files read top-down, each using only those before it: [`config`](ObserveBuilder)
 //! → routes → state (series, per-thread caches) → record → exposition (collector, encoding)
 //! → the handles ([`HttpMetrics`], [`adapter::MetricsId`]).
@@ -40,6 +44,8 @@ mod metrics;
 mod native;
 mod record;
 mod routes;
+#[cfg(feature = "runtime-metrics")]
+pub mod runtime;
 mod shard;
 mod state;
 mod sync;

@@ -185,12 +185,18 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
             Some(registry) => (registry, false),
             None => (Registry::new(), true),
         };
+        #[cfg(feature = "runtime-metrics")]
+        let runtime_metrics = self.runtime_metrics;
         let owner = Owner::open(self);
         let collector = HttpCollector::new(owner.clone())?;
         registry
             .register(Box::new(collector))
             .map_err(ObserveError::Registration)?;
         register_process_metrics(&registry, fresh)?;
+        #[cfg(feature = "runtime-metrics")]
+        if runtime_metrics {
+            register_runtime_metrics(&registry)?;
+        }
         Ok(HttpMetrics { owner, registry }.into())
     }
 }
@@ -209,4 +215,14 @@ fn register_process_metrics(registry: &Registry, fresh: bool) -> Result<(), Obse
     #[cfg(not(target_os = "linux"))]
     let _ = (registry, fresh);
     Ok(())
+}
+
+/// The `tokio_*` families, once per registry (a second service on it shares them).
+#[cfg(feature = "runtime-metrics")]
+fn register_runtime_metrics(registry: &Registry) -> Result<(), ObserveError> {
+    let collector = crate::runtime::RuntimeCollector::new().map_err(ObserveError::Registration)?;
+    match registry.register(Box::new(collector)) {
+        Ok(()) | Err(prometheus::Error::AlreadyReg) => Ok(()),
+        Err(e) => Err(ObserveError::Registration(e)),
+    }
 }

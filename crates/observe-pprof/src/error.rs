@@ -46,6 +46,12 @@ pub enum PprofError {
     /// enable it.
     #[error("{0}")]
     HeapUnavailable(String),
+    /// Task dumps are not available in this binary; the message says which flags to build with.
+    #[error("{0}")]
+    TasksUnavailable(String),
+    /// No runtime answered a task dump in time (a worker thread is blocked).
+    #[error("{0}")]
+    TaskDumpTimeout(String),
     /// The profile could need more memory than the configured budget allows.
     #[error("{0}")]
     OverBudget(String),
@@ -74,8 +80,8 @@ impl PprofError {
             | PprofError::InvalidContinuousProfiling(_) => 400,
             PprofError::Busy | PprofError::HeapBusy => 409,
             PprofError::UnknownProfile { .. } | PprofError::CmdlineDisabled => 404,
-            PprofError::HeapUnavailable(_) => 501,
-            PprofError::OverBudget(_) => 503,
+            PprofError::HeapUnavailable(_) | PprofError::TasksUnavailable(_) => 501,
+            PprofError::OverBudget(_) | PprofError::TaskDumpTimeout(_) => 503,
             // nginx's "client closed request": nobody reads it, but logs do.
             PprofError::Cancelled => 499,
             PprofError::Sampler(_) | PprofError::Encode(_) => 500,

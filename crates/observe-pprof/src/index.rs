@@ -14,7 +14,7 @@ pub(crate) struct Entry {
 pub(crate) fn render(
     entries: &[Entry],
     max_seconds: u64,
-    heap_note: Option<&str>,
+    notes: &[(&str, String)],
     host: Option<&str>,
 ) -> String {
     let host = escape(host.unwrap_or("HOST"));
@@ -40,14 +40,15 @@ pub(crate) fn render(
         ));
         rows.push('\n');
     }
-    let note = heap_note
-        .map(|n| {
+    let note: String = notes
+        .iter()
+        .map(|(name, why)| {
             format!(
-                r#"<p class="note"><b>heap</b> is not available: {}</p>"#,
-                escape(n)
+                r#"<p class="note"><b>{name}</b> is not available: {}</p>"#,
+                escape(why)
             )
         })
-        .unwrap_or_default();
+        .collect();
     format!(
         r#"<!DOCTYPE html>
 <html lang="en">

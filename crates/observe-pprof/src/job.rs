@@ -8,7 +8,7 @@ use observe_core::adapter::Answer;
 
 use crate::cpu::CpuProfiler;
 use crate::params::ProfileParams;
-use crate::{heap, response};
+use crate::{heap, response, tasks};
 
 /// What [`Pprof::handle`](crate::Pprof::handle) made of a request: its answer, or the blocking work that gives it.
 #[derive(Debug)]
@@ -36,6 +36,10 @@ pub(crate) enum Work {
         flamegraph: bool,
     },
     Heap,
+    /// Holds the CPU profiler too: one profiling operation at a time.
+    Tasks {
+        _profiler: CpuProfiler,
+    },
 }
 
 /// Stops the [`ProfileJob`] it came from when dropped. Keep it in the request's future:
@@ -74,6 +78,8 @@ impl ProfileJob {
                 }
             }),
             Work::Heap => heap::dump().map(|pb| response::attachment(pb, "heap")),
+            Work::Tasks { _profiler } => tasks::dump(&self.cancel)
+                .map(|text| Answer::ok(observe_core::adapter::TEXT_PLAIN, text)),
         };
         result.unwrap_or_else(Answer::from)
     }

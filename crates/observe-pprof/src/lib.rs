@@ -40,6 +40,7 @@
 //! | `/debug/pprof/profile?seconds=30&frequency=99` | gzipped pprof CPU profile |
 //! | `/debug/pprof/flamegraph?seconds=30&frequency=99` | SVG flame graph of a CPU profile |
 //! | `/debug/pprof/heap` | gzipped pprof heap profile (`jemalloc-heap-profile` feature) |
+//! | `/debug/pprof/tasks` | every tokio task's await points as text (`taskdump` feature and `--cfg tokio_unstable`) |
 //! | `/debug/pprof/cmdline` | the command line, NUL-separated (off unless enabled) |
 
 use std::fmt::Display;
@@ -66,6 +67,7 @@ mod response;
 mod sampler;
 mod settings;
 mod symbols;
+mod tasks;
 
 pub use access::{Access, AccessRequest};
 pub use budget::DEFAULT_MEMORY_BUDGET;
@@ -76,6 +78,7 @@ pub use params::{
     ProfileParams, DEFAULT_FREQUENCY, DEFAULT_MAX_SECONDS, DEFAULT_SECONDS, MAX_FREQUENCY,
 };
 pub use settings::ProfilingSettings;
+pub use tasks::{MAX_TASK_DUMP_BYTES, TASK_DUMP_TIMEOUT};
 
 /// What only a framework adapter needs: the steps of [`Pprof::answer`] one at a time, the
 /// route templates to mount, and the error answer `go tool pprof` shows.
@@ -267,6 +270,18 @@ impl Pprof {
                     Err(e) => return Handled::Ready(e.into()),
                 }
             }
+            "tasks" => {
+                if let Err(e) = tasks::availability() {
+                    return Handled::Ready(e.into());
+                }
+                // The same single-flight guard as CPU profiles: one profiling job at a time.
+                match CpuProfiler::acquire() {
+                    Ok(profiler) => Work::Tasks {
+                        _profiler: profiler,
+                    },
+                    Err(e) => return Handled::Ready(e.into()),
+                }
+            }
             "cmdline" if self.config.cmdline => {
                 let args: Vec<String> = std::env::args().collect();
                 return Handled::Ready(Answer::ok(TEXT_PLAIN, args.join("\0").into_bytes()));
@@ -338,6 +353,9 @@ impl Pprof {
         if heap::availability().is_ok() {
             names.push("heap");
         }
+        if tasks::availability().is_ok() {
+            names.push("tasks");
+        }
         if self.config.cmdline {
             names.push("cmdline");
         }
@@ -371,6 +389,15 @@ impl Pprof {
                 seconds: None,
             });
         }
+        let tasks = tasks::availability();
+        if tasks.is_ok() {
+            entries.push(index::Entry {
+                name: "tasks",
+                href: "tasks",
+                description: "Every tokio task's await points as text, like Go's <code>goroutine?debug=2</code>.",
+                seconds: None,
+            });
+        }
         if self.config.cmdline {
             entries.push(index::Entry {
                 name: "cmdline",
@@ -379,8 +406,11 @@ impl Pprof {
                 seconds: None,
             });
         }
-        let note = heap.err().map(|e| e.to_string());
-        let html = index::render(&entries, max, note.as_deref(), host);
+        let notes: Vec<(&str, String)> = [("heap", heap.err()), ("tasks", tasks.err())]
+            .into_iter()
+            .filter_map(|(name, e)| Some((name, e?.to_string())))
+            .collect();
+        let html = index::render(&entries, max, &notes, host);
         Answer::ok("text/html; charset=utf-8", html.into_bytes())
     }
 }
@@ -438,6 +468,24 @@ mod tests {
             "{}",
             r.body_text()
         );
+    }
+
+    #[cfg(not(tokio_unstable))]
+    #[test]
+    fn the_task_dump_without_tokio_unstable_is_501_naming_the_flags() {
+        let r = ready(Pprof::new().handle(&local(), "tasks", None));
+        assert_eq!(r.status, 501);
+        assert!(has_go_pprof_header(&r));
+        assert!(
+            r.body_text()
+                .contains("this one lacks: RUSTFLAGS=\"--cfg tokio_unstable\""),
+            "{}",
+            r.body_text()
+        );
+        let index = ready(Pprof::new().handle(&local(), "", None));
+        let index = index.body_text();
+        assert!(!index.contains(r#"href="tasks""#));
+        assert!(index.contains("<b>tasks</b> is not available"));
     }
 
     #[test]

@@ -86,6 +86,10 @@ impl ObserveLayer {
 
 impl From<HttpMetrics> for ObserveLayer {
     fn from(metrics: HttpMetrics) -> Self {
+        // The runtime the layer is built in is the service's (`#[tokio::main]`); `routes()`
+        // watches it too, for a layer built before the runtime started.
+        #[cfg(feature = "runtime-metrics")]
+        observe_core::runtime::watch_current();
         ObserveLayer {
             metrics,
             route_fn: None,

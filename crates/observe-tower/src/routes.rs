@@ -29,6 +29,8 @@ impl ObserveLayer {
     where
         S: Clone + Send + Sync + 'static,
     {
+        #[cfg(feature = "runtime-metrics")]
+        observe_core::runtime::watch_current();
         let encoder = MetricsEncoder::new(self.metrics.registry().clone());
         let router = Router::new().route(
             "/metrics",

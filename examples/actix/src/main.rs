@@ -14,6 +14,8 @@
 mod busy_work;
 #[path = "../../shared/continuous_profiling.rs"]
 mod continuous_profiling;
+#[path = "../../shared/runtime_load.rs"]
+mod runtime_load;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,6 +42,8 @@ fn api(config: &mut web::ServiceConfig) {
         .service(web::resource("/fail").route(get().to(fail)))
         .service(web::resource("/stream").route(get().to(stream)))
         .service(web::resource("/work").route(get().to(work)))
+        .service(web::resource("/idle-tasks").route(get().to(idle_tasks)))
+        .service(web::resource("/block").route(get().to(block)))
         .service(web::scope("/api").service(web::resource("/items/{id}").route(get().to(item))));
 }
 
@@ -125,6 +129,40 @@ async fn work(p: web::Query<WorkParams>) -> String {
         .await
         .unwrap_or(0);
     format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
+}
+
+#[derive(Deserialize)]
+struct IdleParams {
+    n: usize,
+    #[serde(default = "default_idle_seconds")]
+    seconds: u64,
+}
+
+fn default_idle_seconds() -> u64 {
+    60
+}
+
+/// Spawns `n` tasks (at most 100,000) that sleep `seconds` (default 60, at most 3600) on this
+/// worker's tokio runtime (`tokio::spawn`: tokio does not count `actix_web::rt::spawn`'s
+/// LocalSet tasks): they show in `tokio_alive_tasks` and in `/debug/pprof/tasks`.
+async fn idle_tasks(p: web::Query<IdleParams>) -> String {
+    let n = runtime_load::spawn_idle_tasks(p.n, p.seconds);
+    format!("spawned {n} idle tasks\n")
+}
+
+#[derive(Deserialize)]
+struct BlockParams {
+    #[serde(default)]
+    ms: u64,
+}
+
+/// The mistake to catch: blocks the worker thread with `std::thread::sleep` for `ms`
+/// milliseconds (at most 10 s) instead of awaiting. `tokio_worker_stalled_seconds` shows it.
+async fn block(p: web::Query<BlockParams>) -> String {
+    format!(
+        "blocked a worker for {} ms\n",
+        runtime_load::block_worker(p.ms)
+    )
 }
 
 #[actix_web::main]

@@ -14,6 +14,8 @@
 mod busy_work;
 #[path = "../../shared/continuous_profiling.rs"]
 mod continuous_profiling;
+#[path = "../../shared/runtime_load.rs"]
+mod runtime_load;
 mod server;
 
 use std::net::SocketAddr;
@@ -43,6 +45,8 @@ fn api() -> Router {
         .route("/fail", get(fail))
         .route("/stream", get(stream))
         .route("/work", get(work))
+        .route("/idle-tasks", get(idle_tasks))
+        .route("/block", get(block))
         .nest("/api", items)
 }
 
@@ -123,6 +127,39 @@ async fn work(Query(p): Query<WorkParams>) -> String {
         .await
         .unwrap_or(0);
     format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
+}
+
+#[derive(Deserialize)]
+struct IdleParams {
+    n: usize,
+    #[serde(default = "default_idle_seconds")]
+    seconds: u64,
+}
+
+fn default_idle_seconds() -> u64 {
+    60
+}
+
+/// Spawns `n` tasks (at most 100,000) that sleep `seconds` (default 60, at most 3600): they
+/// show in `tokio_alive_tasks` and in `/debug/pprof/tasks`.
+async fn idle_tasks(Query(p): Query<IdleParams>) -> String {
+    let n = runtime_load::spawn_idle_tasks(p.n, p.seconds);
+    format!("spawned {n} idle tasks\n")
+}
+
+#[derive(Deserialize)]
+struct BlockParams {
+    #[serde(default)]
+    ms: u64,
+}
+
+/// The mistake to catch: blocks the worker thread with `std::thread::sleep` for `ms`
+/// milliseconds (at most 10 s) instead of awaiting. `tokio_worker_stalled_seconds` shows it.
+async fn block(Query(p): Query<BlockParams>) -> String {
+    format!(
+        "blocked a worker for {} ms\n",
+        runtime_load::block_worker(p.ms)
+    )
 }
 
 /// The example's whole app: the API, `/metrics`, and the layer around both.
