@@ -793,3 +793,136 @@ pub fn assert_promtool_accepts(exposition: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A collector whose `collect` waits while the gate is closed: registered on an app's
+/// registry, it holds a `/metrics` encoding in flight for as long as a test needs.
+#[derive(Clone, Default)]
+pub struct Gate(std::sync::Arc<(std::sync::Mutex<GateState>, std::sync::Condvar)>);
+
+/// Whether the gate is closed, and how many scrapes have reached it.
+#[derive(Default)]
+pub struct GateState {
+    closed: bool,
+    arrived: usize,
+}
+
+impl Gate {
+    /// A closed gate (scrapes wait in `collect`).
+    pub fn closed() -> Gate {
+        let gate = Gate::default();
+        gate.0 .0.lock().unwrap().closed = true;
+        gate
+    }
+
+    /// Lets every waiting and future scrape through.
+    pub fn open(&self) {
+        self.0 .0.lock().unwrap().closed = false;
+        self.0 .1.notify_all();
+    }
+
+    /// How many scrapes have reached the gate (been admitted and begun gathering).
+    pub fn arrived(&self) -> usize {
+        self.0 .0.lock().unwrap().arrived
+    }
+}
+
+impl observe_core::prometheus::core::Collector for Gate {
+    fn desc(&self) -> Vec<&observe_core::prometheus::core::Desc> {
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<observe_core::prometheus::proto::MetricFamily> {
+        let (state, opened) = &*self.0;
+        let mut state = state.lock().unwrap();
+        state.arrived += 1;
+        while state.closed {
+            state = opened.wait(state).unwrap();
+        }
+        Vec::new()
+    }
+}
+
+/// `/metrics` of an app built with `max_concurrent_scrapes(1)` and `scrape_timeout(300 ms)`,
+/// whose registry holds `gate` (closed), service `service`: a scrape held in the gate makes
+/// the next one `503` at once; the held one is `503` after the timeout and still counts in
+/// flight (the next is refused again) until the gate opens; then scrapes answer `200`, and the
+/// handler's own counters say 3 × `503`.
+pub async fn check_scrape_limits(base_url: &str, service: &str, gate: &Gate) {
+    let scrape = || async {
+        let answer = client()
+            .get(format!("{base_url}/metrics"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("scrape");
+        let status = answer.status().as_u16();
+        (status, answer.text().await.expect("body"))
+    };
+    let held = tokio::spawn({
+        let base_url = base_url.to_owned();
+        async move {
+            let answer = client()
+                .get(format!("{base_url}/metrics"))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .expect("held scrape");
+            let status = answer.status().as_u16();
+            (status, answer.text().await.expect("body"))
+        }
+    });
+    // Once the held scrape waits in the gate, the next one is refused at once.
+    for _ in 0..500 {
+        if gate.arrived() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(gate.arrived(), 1, "the held scrape reached the gate");
+    let (status, refused) = scrape().await;
+    assert_eq!(status, 503, "{refused}");
+    assert!(refused.contains("too many concurrent scrapes"), "{refused}");
+    let (status, body) = held.await.expect("held scrape");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("took longer than 300ms"), "{body}");
+    // Timed out, but still encoding in the gate: it still holds the only place.
+    let (status, body) = scrape().await;
+    assert_eq!((status, body.contains("too many")), (503, true), "{body}");
+    gate.open();
+    // Refused again until the held encoding has ended (it is finishing in the background).
+    let (mut text, mut refused_meanwhile) = (String::new(), 0.0);
+    for _ in 0..100 {
+        let (status, body) = scrape().await;
+        if status == 200 {
+            text = body;
+            break;
+        }
+        refused_meanwhile += 1.0;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let samples = parse_exposition(&text);
+    let handled = |code: &str| {
+        value(
+            &samples,
+            "observe_metrics_handler_requests_total",
+            &[("service", service), ("code", code)],
+        )
+    };
+    assert_eq!(handled("503"), 3.0 + refused_meanwhile, "{text}");
+    assert_eq!(
+        value(
+            &samples,
+            "observe_metrics_handler_requests_in_flight",
+            &[("service", service)]
+        ),
+        1.0,
+        "this scrape"
+    );
+    assert!(
+        value(
+            &samples,
+            "observe_metrics_handler_encode_duration_seconds_count",
+            &[("service", service)]
+        ) >= 1.0
+    );
+}

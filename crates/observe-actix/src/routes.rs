@@ -24,7 +24,7 @@ impl Observe {
     ///     .wrap(observe.clone());
     /// ```
     pub fn routes(&self) -> impl Fn(&mut web::ServiceConfig) + Clone + 'static {
-        let encoder = MetricsEncoder::new(self.metrics.registry().clone());
+        let encoder = self.metrics.encoder();
         #[cfg(feature = "pprof")]
         let pprof = self.pprof.clone();
         move |config: &mut web::ServiceConfig| {
@@ -52,13 +52,20 @@ async fn serve_metrics(encoder: MetricsEncoder, req: HttpRequest) -> HttpRespons
             .map(str::to_owned)
     };
     let (accept, accept_encoding) = (header(ACCEPT), header(ACCEPT_ENCODING));
-    // Gathering walks every series: keep it off the async workers.
-    let answer =
-        web::block(move || encoder.respond(accept.as_deref(), accept_encoding.as_deref())).await;
-    into_response(answer.unwrap_or_else(|blocking| {
-        Answer::text(500, &format!("encoding metrics failed: {blocking}"))
-            .with_header("vary", "accept, accept-encoding")
-    }))
+    let scrape = match encoder.admit() {
+        Ok(scrape) => scrape,
+        Err(busy) => return into_response(busy),
+    };
+    // Gathering walks every series: keep it off the async workers, and give up waiting after
+    // the scrape timeout (the encoding still counts in flight until it ends).
+    let work = web::block(move || scrape.respond(accept.as_deref(), accept_encoding.as_deref()));
+    let answer = match actix_web::rt::time::timeout(encoder.scrape_timeout(), work).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(blocking)) => Answer::text(500, &format!("encoding metrics failed: {blocking}"))
+            .with_header("vary", "accept, accept-encoding"),
+        Err(_) => encoder.timed_out(),
+    };
+    into_response(answer)
 }
 
 /// An observe answer (`/metrics`, `/debug/pprof`) as an actix-web response.

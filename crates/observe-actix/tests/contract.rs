@@ -393,6 +393,25 @@ async fn metrics_are_gzipped_only_when_the_scraper_asks() {
 }
 
 #[tokio::test]
+async fn too_many_or_too_slow_scrapes_are_503_and_counted() {
+    let observe = Observe::builder("limits")
+        .max_concurrent_scrapes(1)
+        .expect("limit")
+        .scrape_timeout(Duration::from_millis(300))
+        .expect("timeout")
+        .build()
+        .expect("observe");
+    let gate = contract::Gate::closed();
+    observe
+        .metrics()
+        .registry()
+        .register(Box::new(gate.clone()))
+        .expect("gate");
+    let server = serve(observe);
+    contract::check_scrape_limits(&server.base_url, "limits", &gate).await;
+}
+
+#[tokio::test]
 async fn promtool_accepts_the_exposition() {
     let observe = Observe::builder("promtool")
         .const_label("region", "eu-west-1")

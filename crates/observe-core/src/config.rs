@@ -11,6 +11,7 @@ use crate::labels::{is_valid_label_name, METHOD, ROUTE, SERVICE, STATUS};
 use crate::native::{
     DEFAULT_NATIVE_BUCKET_FACTOR, DEFAULT_NATIVE_MAX_BUCKETS, DEFAULT_NATIVE_ZERO_THRESHOLD,
 };
+use crate::scrape::{DEFAULT_MAX_CONCURRENT_SCRAPES, DEFAULT_SCRAPE_TIMEOUT};
 use crate::trace::{TraceContext, TraceHeaders, TraceHook};
 
 /// Default `http_server_request_duration_seconds` buckets, in seconds (OpenTelemetry HTTP
@@ -64,6 +65,8 @@ pub struct ObserveBuilder<T> {
     pub(crate) excluded_routes: Vec<String>,
     pub(crate) size_histograms: bool,
     pub(crate) max_routes: usize,
+    pub(crate) max_concurrent_scrapes: usize,
+    pub(crate) scrape_timeout: Duration,
     pub(crate) native: Option<NativeSettings>,
     pub(crate) exemplars: bool,
     pub(crate) exemplar_interval: Duration,
@@ -104,6 +107,8 @@ impl<T> ObserveBuilder<T> {
             excluded_routes: DEFAULT_EXCLUDED_ROUTES.map(str::to_owned).to_vec(),
             size_histograms: true,
             max_routes: DEFAULT_MAX_ROUTES,
+            max_concurrent_scrapes: DEFAULT_MAX_CONCURRENT_SCRAPES,
+            scrape_timeout: DEFAULT_SCRAPE_TIMEOUT,
             native: None,
             exemplars: true,
             exemplar_interval: DEFAULT_EXEMPLAR_INTERVAL,
@@ -193,6 +198,31 @@ impl<T> ObserveBuilder<T> {
             return Err(ObserveError::InvalidMaxRoutes(max_routes));
         }
         self.max_routes = max_routes;
+        Ok(self)
+    }
+
+    /// At most this many scrapes of `/metrics` encode at once (default 40, node_exporter's
+    /// choice); more are answered `503` at once, so that many scrapers of a large registry
+    /// cannot pile up encoding work.
+    pub fn max_concurrent_scrapes(mut self, max: usize) -> Result<Self, ObserveError> {
+        if max == 0 {
+            return Err(ObserveError::InvalidScrapeLimit(
+                "max_concurrent_scrapes must be at least 1".to_owned(),
+            ));
+        }
+        self.max_concurrent_scrapes = max;
+        Ok(self)
+    }
+
+    /// How long encoding one scrape may take before it is answered `503` (default 10 s,
+    /// Prometheus' default `scrape_timeout`).
+    pub fn scrape_timeout(mut self, timeout: Duration) -> Result<Self, ObserveError> {
+        if timeout.is_zero() {
+            return Err(ObserveError::InvalidScrapeLimit(
+                "scrape_timeout must be longer than zero".to_owned(),
+            ));
+        }
+        self.scrape_timeout = timeout;
         Ok(self)
     }
 

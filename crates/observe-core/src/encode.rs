@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::sync::Arc;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -8,6 +9,7 @@ use crate::answer::Answer;
 use crate::collector::gather;
 use crate::error::ObserveError;
 use crate::exposition::{protobuf, text};
+use crate::scrape::{ScrapeLimits, DEFAULT_MAX_CONCURRENT_SCRAPES, DEFAULT_SCRAPE_TIMEOUT};
 
 /// `Content-Type` of the Prometheus text exposition format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -129,6 +131,7 @@ impl Format {
 #[derive(Debug, Clone)]
 pub struct MetricsEncoder {
     registry: Registry,
+    limits: Arc<ScrapeLimits>,
 }
 
 /// A ready `/metrics` response body and the headers that describe it.
@@ -143,9 +146,21 @@ pub struct EncodedMetrics {
 }
 
 impl MetricsEncoder {
-    /// An encoder for everything registered on `registry`.
+    /// An encoder for everything registered on `registry`, with the default scrape limits
+    /// and no handler metrics of its own ([`HttpMetrics::encoder`](crate::HttpMetrics::encoder)
+    /// gives the configured ones).
     pub fn new(registry: Registry) -> Self {
-        MetricsEncoder { registry }
+        let limits =
+            ScrapeLimits::unmetered(DEFAULT_MAX_CONCURRENT_SCRAPES, DEFAULT_SCRAPE_TIMEOUT);
+        MetricsEncoder::with_limits(registry, Arc::new(limits))
+    }
+
+    pub(crate) fn with_limits(registry: Registry, limits: Arc<ScrapeLimits>) -> Self {
+        MetricsEncoder { registry, limits }
+    }
+
+    pub(crate) fn limits(&self) -> &Arc<ScrapeLimits> {
+        &self.limits
     }
 
     /// Gathers and encodes the registry in `format`; gzips when `accept_encoding` (the
@@ -193,10 +208,19 @@ impl MetricsEncoder {
 impl MetricsEncoder {
     /// The whole `/metrics` answer for a request with these `Accept` and `Accept-Encoding`
     /// headers: the exposition in the negotiated format (gzipped when accepted) with its
-    /// `Content-Type`, `Content-Encoding` and `Vary`, or a `500` naming what failed. Blocks
-    /// while it encodes: call it off the async workers.
+    /// `Content-Type`, `Content-Encoding` and `Vary`, a `503` when too many scrapes encode at
+    /// once, or a `500` naming what failed. Blocks while it encodes: call it off the async
+    /// workers (adapters [`admit`](Self::admit) first and time the encoding out).
     pub fn respond(&self, accept: Option<&str>, accept_encoding: Option<&str>) -> Answer {
-        let answer = match self.encode(Format::negotiate(accept), accept_encoding) {
+        match self.admit() {
+            Ok(scrape) => scrape.respond(accept, accept_encoding),
+            Err(busy) => busy,
+        }
+    }
+
+    /// The answer in `format`, without the limits.
+    pub(crate) fn answer(&self, format: Format, accept_encoding: Option<&str>) -> Answer {
+        let answer = match self.encode(format, accept_encoding) {
             Ok(metrics) => {
                 let answer = Answer::ok(metrics.content_type, metrics.body);
                 match metrics.content_encoding {

@@ -26,6 +26,9 @@ pub enum ObserveError {
     /// The registry refused the metric families, e.g. a second layer with the same service name.
     #[error("could not register observe's metrics: {0} (each service name may be registered once per registry, and services sharing a registry must use the same constant label names)")]
     Registration(#[source] prometheus::Error),
+    /// A `/metrics` limit is out of range.
+    #[error("invalid scrape limit: {0}")]
+    InvalidScrapeLimit(String),
     /// A native histogram setting is out of range.
     #[error("invalid native histogram setting: {0}")]
     InvalidNativeHistogram(String),

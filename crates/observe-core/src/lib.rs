@@ -46,6 +46,7 @@ mod record;
 mod routes;
 #[cfg(feature = "runtime-metrics")]
 pub mod runtime;
+mod scrape;
 mod shard;
 mod state;
 mod sync;
@@ -66,6 +67,7 @@ pub use native::{
     DEFAULT_NATIVE_BUCKET_FACTOR, DEFAULT_NATIVE_MAX_BUCKETS, DEFAULT_NATIVE_ZERO_THRESHOLD,
 };
 pub use routes::{OVERFLOW_ROUTE, UNMATCHED_ROUTE};
+pub use scrape::{Scrape, DEFAULT_MAX_CONCURRENT_SCRAPES, DEFAULT_SCRAPE_TIMEOUT};
 pub use trace::{TraceContext, TraceHeaders};
 
 /// The `prometheus` crate this core is built on, re-exported so users register their own

@@ -8,10 +8,12 @@ use prometheus::Registry;
 
 use crate::collector::HttpCollector;
 use crate::config::ObserveBuilder;
+use crate::encode::MetricsEncoder;
 use crate::error::ObserveError;
 use crate::labels::MethodLabel;
 use crate::record::RequestRecord;
 use crate::routes::RouteId;
+use crate::scrape::ScrapeLimits;
 use crate::state::{with_state, Owner, State};
 use crate::trace::{self, TraceHeaders};
 
@@ -28,6 +30,7 @@ use crate::trace::{self, TraceHeaders};
 pub struct HttpMetrics {
     owner: Arc<Owner>,
     registry: Registry,
+    scrape: Arc<ScrapeLimits>,
 }
 
 /// Names the service only: the state behind it holds every series.
@@ -66,6 +69,12 @@ impl HttpMetrics {
     /// The registry these metrics live on; `/metrics` serves all of it.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The `/metrics` encoder of this registry, with the configured scrape limits and the
+    /// handler's own metrics (`observe_metrics_handler_*`): what the adapters' routes serve.
+    pub fn encoder(&self) -> MetricsEncoder {
+        MetricsEncoder::with_limits(self.registry.clone(), self.scrape.clone())
     }
 
     /// The `service` label value.
@@ -187,6 +196,7 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
         };
         #[cfg(feature = "runtime-metrics")]
         let runtime_metrics = self.runtime_metrics;
+        let (max_scrapes, scrape_timeout) = (self.max_concurrent_scrapes, self.scrape_timeout);
         let owner = Owner::open(self);
         let collector = HttpCollector::new(owner.clone())?;
         registry
@@ -197,7 +207,14 @@ impl<T: From<HttpMetrics>> ObserveBuilder<T> {
         if runtime_metrics {
             register_runtime_metrics(&registry)?;
         }
-        Ok(HttpMetrics { owner, registry }.into())
+        let scrape =
+            ScrapeLimits::registered(max_scrapes, scrape_timeout, &registry, &owner.state.service)?;
+        Ok(HttpMetrics {
+            owner,
+            registry,
+            scrape: Arc::new(scrape),
+        }
+        .into())
     }
 }
 

@@ -31,7 +31,7 @@ impl ObserveLayer {
     {
         #[cfg(feature = "runtime-metrics")]
         observe_core::runtime::watch_current();
-        let encoder = MetricsEncoder::new(self.metrics.registry().clone());
+        let encoder = self.metrics.encoder();
         let router = Router::new().route(
             "/metrics",
             get(move |headers: HeaderMap| serve_metrics(encoder.clone(), headers)),
@@ -54,15 +54,22 @@ async fn serve_metrics(encoder: MetricsEncoder, headers: HeaderMap) -> Response 
             .map(str::to_owned)
     };
     let (accept, accept_encoding) = (header(ACCEPT), header(ACCEPT_ENCODING));
-    // Gathering walks every series: keep it off the async workers.
-    let answer = tokio::task::spawn_blocking(move || {
-        encoder.respond(accept.as_deref(), accept_encoding.as_deref())
-    })
-    .await;
-    into_response(answer.unwrap_or_else(|join| {
-        Answer::text(500, &format!("encoding metrics failed: {join}"))
-            .with_header("vary", "accept, accept-encoding")
-    }))
+    let scrape = match encoder.admit() {
+        Ok(scrape) => scrape,
+        Err(busy) => return into_response(busy),
+    };
+    // Gathering walks every series: keep it off the async workers, and give up waiting after
+    // the scrape timeout (the encoding still counts in flight until it ends).
+    let work = tokio::task::spawn_blocking(move || {
+        scrape.respond(accept.as_deref(), accept_encoding.as_deref())
+    });
+    let answer = match tokio::time::timeout(encoder.scrape_timeout(), work).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(join)) => Answer::text(500, &format!("encoding metrics failed: {join}"))
+            .with_header("vary", "accept, accept-encoding"),
+        Err(_) => encoder.timed_out(),
+    };
+    into_response(answer)
 }
 
 /// An observe answer (`/metrics`, `/debug/pprof`) as an axum response.

@@ -400,6 +400,25 @@ async fn metrics_are_gzipped_only_when_the_scraper_asks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_slow_scrapes_are_503_and_counted() {
+    let observe = ObserveLayer::builder("limits")
+        .max_concurrent_scrapes(1)
+        .unwrap()
+        .scrape_timeout(Duration::from_millis(300))
+        .unwrap()
+        .build()
+        .unwrap();
+    let gate = contract::Gate::closed();
+    observe
+        .metrics()
+        .registry()
+        .register(Box::new(gate.clone()))
+        .unwrap();
+    let addr = serve(observed(&observe)).await;
+    contract::check_scrape_limits(&base(addr), "limits", &gate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_exposition() {
     let (_observe, addr) = start().await;
     let paths = [
