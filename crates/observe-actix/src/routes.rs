@@ -59,13 +59,8 @@ async fn serve_metrics(encoder: MetricsEncoder, req: HttpRequest) -> HttpRespons
     // Gathering walks every series: keep it off the async workers, and give up waiting after
     // the scrape timeout (the encoding still counts in flight until it ends).
     let work = web::block(move || scrape.respond(accept.as_deref(), accept_encoding.as_deref()));
-    let answer = match actix_web::rt::time::timeout(encoder.scrape_timeout(), work).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(blocking)) => Answer::text(500, &format!("encoding metrics failed: {blocking}"))
-            .with_header("vary", "accept, accept-encoding"),
-        Err(_) => encoder.timed_out(),
-    };
-    into_response(answer)
+    let outcome = actix_web::rt::time::timeout(encoder.scrape_timeout(), work).await;
+    into_response(encoder.conclude(outcome.ok().map(|r| r.map_err(|e| e.to_string()))))
 }
 
 /// An observe answer (`/metrics`, `/debug/pprof`) as an actix-web response.

@@ -156,6 +156,20 @@ impl MetricsEncoder {
     }
 }
 
+impl MetricsEncoder {
+    /// The answer to a scrape an adapter ran off its async workers and waited for at most
+    /// [`scrape_timeout`](Self::scrape_timeout): its own answer, a `500` naming why the
+    /// blocking pool failed it (`Err`), or the timeout's `503` (`None`).
+    pub fn conclude(&self, outcome: Option<Result<Answer, String>>) -> Answer {
+        match outcome {
+            Some(Ok(answer)) => answer,
+            Some(Err(failed)) => Answer::text(500, &format!("encoding metrics failed: {failed}"))
+                .with_header("vary", "accept, accept-encoding"),
+            None => self.timed_out(),
+        }
+    }
+}
+
 impl Scrape {
     /// The `/metrics` answer for these `Accept` and `Accept-Encoding` headers (see
     /// [`MetricsEncoder::respond`]); counted in `observe_metrics_handler_requests_total` and

@@ -63,13 +63,8 @@ async fn serve_metrics(encoder: MetricsEncoder, headers: HeaderMap) -> Response 
     let work = tokio::task::spawn_blocking(move || {
         scrape.respond(accept.as_deref(), accept_encoding.as_deref())
     });
-    let answer = match tokio::time::timeout(encoder.scrape_timeout(), work).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(join)) => Answer::text(500, &format!("encoding metrics failed: {join}"))
-            .with_header("vary", "accept, accept-encoding"),
-        Err(_) => encoder.timed_out(),
-    };
-    into_response(answer)
+    let outcome = tokio::time::timeout(encoder.scrape_timeout(), work).await;
+    into_response(encoder.conclude(outcome.ok().map(|r| r.map_err(|e| e.to_string()))))
 }
 
 /// An observe answer (`/metrics`, `/debug/pprof`) as an axum response.
