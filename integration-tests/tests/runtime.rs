@@ -80,7 +80,7 @@ fn alive_tasks_read_what_the_service_spawned(package: &str) {
 fn a_blocked_worker_shows_as_stalled_during_the_blocking_request(package: &str) {
     let example = Example::start(package, &[]);
     let before = scrape(&example, LONG).expect("a scrape");
-    let stalled_before = per_worker(&before, "tokio_worker_stalled_seconds");
+    let stalled_before = per_worker(&before, "tokio_worker_current_stall_seconds");
     let total_before = sum(&per_worker(&before, "tokio_worker_stalled_seconds_total"));
     let busy_before = sum(&per_worker(&before, "tokio_worker_busy_seconds_total"));
     assert_eq!(
@@ -98,7 +98,7 @@ fn a_blocked_worker_shows_as_stalled_during_the_blocking_request(package: &str) 
         Duration::from_secs(10),
         || {
             let samples = scrape(&example, Duration::from_millis(300))?;
-            let stalled = per_worker(&samples, "tokio_worker_stalled_seconds");
+            let stalled = per_worker(&samples, "tokio_worker_current_stall_seconds");
             (max(&stalled) >= 0.5).then_some(stalled)
         },
     );
@@ -108,13 +108,13 @@ fn a_blocked_worker_shows_as_stalled_during_the_blocking_request(package: &str) 
     // one watchdog period of that (a scrape served by that worker itself keeps it busy).
     let after = wait_until("the stall to end", Duration::from_secs(10), || {
         let samples = scrape(&example, LONG)?;
-        (max(&per_worker(&samples, "tokio_worker_stalled_seconds")) == 0.0).then_some(samples)
+        (max(&per_worker(&samples, "tokio_worker_current_stall_seconds")) == 0.0).then_some(samples)
     });
-    let stalled_after = per_worker(&after, "tokio_worker_stalled_seconds");
+    let stalled_after = per_worker(&after, "tokio_worker_current_stall_seconds");
     let total_after = sum(&per_worker(&after, "tokio_worker_stalled_seconds_total"));
     let busy_after = sum(&per_worker(&after, "tokio_worker_busy_seconds_total"));
     println!(
-        "{package}: tokio_worker_stalled_seconds before {stalled_before:?}, during {during:?}, after {stalled_after:?}; \
+        "{package}: tokio_worker_current_stall_seconds before {stalled_before:?}, during {during:?}, after {stalled_after:?}; \
          tokio_worker_stalled_seconds_total {total_before:.3} -> {total_after:.3}; \
          tokio_worker_busy_seconds_total {busy_before:.3} -> {busy_after:.3}"
     );

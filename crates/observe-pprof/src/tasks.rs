@@ -130,7 +130,7 @@ pub(crate) fn dump(cancel: &AtomicBool) -> Result<Vec<u8>, PprofError> {
     }
     if waiting == runtimes.len() {
         return Err(PprofError::TaskDumpTimeout(format!(
-            "no tokio runtime answered the task dump within {} s: a worker thread is blocked (see tokio_worker_stalled_seconds on /metrics)",
+            "no tokio runtime answered the task dump within {} s: a worker thread is blocked (see tokio_worker_current_stall_seconds on /metrics)",
             TASK_DUMP_TIMEOUT.as_secs()
         )));
     }

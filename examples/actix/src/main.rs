@@ -157,7 +157,7 @@ struct BlockParams {
 }
 
 /// The mistake to catch: blocks the worker thread with `std::thread::sleep` for `ms`
-/// milliseconds (at most 10 s) instead of awaiting. `tokio_worker_stalled_seconds` shows it.
+/// milliseconds (at most 10 s) instead of awaiting. `tokio_worker_current_stall_seconds` shows it.
 async fn block(p: web::Query<BlockParams>) -> String {
     format!(
         "blocked a worker for {} ms\n",

@@ -14,7 +14,7 @@ const FAMILIES: &[(&str, MetricType, &str, bool)] = &[
     ("tokio_global_queue_depth", MetricType::GAUGE, "Tasks waiting in the runtimes' global (injection) queues.", false),
     ("tokio_worker_busy_seconds_total", MetricType::COUNTER, "Time the worker spent running tasks, published by tokio when it parks and every 61 polls.", true),
     ("tokio_worker_parks_total", MetricType::COUNTER, "Times the worker parked, waiting for work.", true),
-    ("tokio_worker_stalled_seconds", MetricType::GAUGE, "How long the worker has been running without publishing progress, when 0.1 s or more (a task blocking its thread); 0 otherwise.", true),
+    ("tokio_worker_current_stall_seconds", MetricType::GAUGE, "How long the worker has been running without publishing progress, when 0.1 s or more (a task blocking its thread); 0 otherwise.", true),
     ("tokio_worker_stalled_seconds_total", MetricType::COUNTER, "Time the worker spent in stalls of 0.1 s or more.", true),
     #[cfg(tokio_unstable)]
     ("tokio_worker_polls_total", MetricType::COUNTER, "Task polls by the worker (tokio_unstable builds).", true),
