@@ -142,3 +142,27 @@ impl Collector for RuntimeCollector {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OpenMetrics names a counter family without `_total`: a gauge `x` beside a counter
+    /// `x_total` is two families of one name there, which parsers refuse (Python's
+    /// `prometheus_client` refused `tokio_worker_stalled_seconds` beside
+    /// `tokio_worker_stalled_seconds_total`).
+    #[test]
+    fn every_family_has_its_own_openmetrics_name() {
+        let mut names: Vec<&str> = FAMILIES
+            .iter()
+            .map(|&(name, kind, _, _)| match kind {
+                MetricType::COUNTER => name.strip_suffix("_total").unwrap_or(name),
+                _ => name,
+            })
+            .collect();
+        names.sort_unstable();
+        let all = names.len();
+        names.dedup();
+        assert_eq!(names.len(), all, "{names:?}");
+    }
+}
