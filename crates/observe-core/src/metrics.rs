@@ -168,12 +168,15 @@ impl MetricsId {
         let method = MethodLabel::from_method(method);
         let (route, trace) = with_state(self.0, |state| {
             let route = state.routes.resolve(template);
-            let trace = if state.exemplars {
-                trace::extract(state.trace_hook.as_ref(), headers)
-            } else {
-                None
-            };
-            state.count_start(method, route).then_some((route, trace))
+            // An excluded route (`/metrics`) is not recorded: its headers are not read.
+            if !state.count_start(method, route) {
+                return None;
+            }
+            let trace = state
+                .exemplars
+                .then(|| trace::extract(state.trace_hook.as_ref(), headers))
+                .flatten();
+            Some((route, trace))
         })??;
         Some(RequestRecord::new(self.0, method, route, trace))
     }
