@@ -846,7 +846,7 @@ impl observe_core::prometheus::core::Collector for Gate {
 /// whose registry holds `gate` (closed), service `service`: a scrape held in the gate makes
 /// the next one `503` at once; the held one is `503` after the timeout and still counts in
 /// flight (the next is refused again) until the gate opens; then scrapes answer `200`, and the
-/// handler's own counters say 3 × `503`.
+/// handler's own counters say 3 × `503` and no `200` before that one's.
 pub async fn check_scrape_limits(base_url: &str, service: &str, gate: &Gate) {
     let scrape = || async {
         let answer = client()
@@ -909,6 +909,9 @@ pub async fn check_scrape_limits(base_url: &str, service: &str, gate: &Gate) {
         )
     };
     assert_eq!(handled("503"), 3.0 + refused_meanwhile, "{text}");
+    // The held encoding ended after its 503 was sent: it is not counted again, as a 200 nobody
+    // received (this scrape's own 200 is counted once it is answered).
+    assert_eq!(handled("200"), 0.0, "{text}");
     assert_eq!(
         value(
             &samples,

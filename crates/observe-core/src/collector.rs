@@ -253,10 +253,23 @@ impl Collector for HttpCollector {
                     gathered.extend(families);
                 }
             });
-            return Vec::new();
+            return vec![marker()];
         }
         self.families().iter().map(Family::to_proto).collect()
     }
+}
+
+/// The name of the one family a collector gives `Registry::gather` while it hands its own
+/// over: the registry renames and labels it as every family it returns (the prefix and common
+/// labels of `Registry::new_custom`), which tells [`gather`] what to do to the handed-over ones.
+const MARKER: &str = "__observe_handover__";
+
+fn marker() -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(MARKER.to_owned());
+    family.set_field_type(prometheus::proto::MetricType::UNTYPED);
+    family.set_metric(vec![prometheus::proto::Metric::default()]);
+    family
 }
 
 thread_local! {
@@ -266,12 +279,15 @@ thread_local! {
     static HANDOVER: RefCell<Option<Vec<Family>>> = const { RefCell::new(None) };
 }
 
-/// Clears [`HANDOVER`] however `gather` ends (a user's collector may panic).
-struct Handover;
+/// Puts back what [`HANDOVER`] held before `gather` began, however it ends (a user's collector
+/// may panic, or gather another registry from inside a scrape: the outer scrape's families
+/// must survive the inner one).
+struct Handover(Option<Vec<Family>>);
 
 impl Drop for Handover {
     fn drop(&mut self) {
-        HANDOVER.with(|h| h.borrow_mut().take());
+        let outer = self.0.take();
+        HANDOVER.with(|h| *h.borrow_mut() = outer);
     }
 }
 
@@ -279,11 +295,34 @@ impl Drop for Handover {
 /// exemplars and native buckets, and every other family (process metrics, the user's own) as
 /// its collector gives it.
 pub(crate) fn gather(registry: &Registry) -> Vec<Family> {
-    let handover = Handover;
-    HANDOVER.with(|h| *h.borrow_mut() = Some(Vec::new()));
-    let others = registry.gather();
-    let ours = HANDOVER.with(|h| h.borrow_mut().take()).unwrap_or_default();
+    let handover = Handover(HANDOVER.with(|h| h.borrow_mut().replace(Vec::new())));
+    let mut others = registry.gather();
+    let mut ours = HANDOVER.with(|h| h.borrow_mut().take()).unwrap_or_default();
     drop(handover);
+    // What the registry did to the marker, it does to every family: do it to ours.
+    if let Some(at) = others.iter().position(|f| f.name().ends_with(MARKER)) {
+        let marker = others.remove(at);
+        let prefix = marker.name().strip_suffix(MARKER).unwrap_or_default();
+        let common: Vec<(String, String)> = marker
+            .get_metric()
+            .first()
+            .map(|m| {
+                m.get_label()
+                    .iter()
+                    .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for family in &mut ours {
+            family.name.insert_str(0, prefix);
+            for sample in &mut family.metrics {
+                if !common.is_empty() {
+                    sample.labels.extend(common.iter().cloned());
+                    sample.labels.sort();
+                }
+            }
+        }
+    }
     let mut families: Vec<Family> = others.iter().map(Family::from_proto).collect();
     families.extend(ours);
     // Two services on one registry give two families of each name: one family each.

@@ -213,7 +213,7 @@ impl MetricsEncoder {
     /// workers (adapters [`admit`](Self::admit) first and time the encoding out).
     pub fn respond(&self, accept: Option<&str>, accept_encoding: Option<&str>) -> Answer {
         match self.admit() {
-            Ok(scrape) => scrape.respond(accept, accept_encoding),
+            Ok(scrape) => self.conclude(Some(Ok(scrape.respond(accept, accept_encoding)))),
             Err(busy) => busy,
         }
     }
@@ -410,6 +410,120 @@ mod format_tests {
         }
     }
 
+    /// A registry made with `Registry::new_custom` prefixes and labels every family it gathers;
+    /// observe's families, handed over around the crate's model, get the same.
+    #[test]
+    fn a_custom_registry_prefixes_and_labels_observes_families_too() {
+        let labels = std::collections::HashMap::from([("env".to_owned(), "prod".to_owned())]);
+        let registry = prometheus::Registry::new_custom(Some("app".into()), Some(labels)).unwrap();
+        let metrics = HttpMetrics::builder("svc")
+            .registry(registry.clone())
+            .build()
+            .unwrap();
+        let record = metrics.id().start("GET", Some("/a")).unwrap();
+        record.respond(200).finish();
+        let mut theirs = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut theirs,
+        )
+        .unwrap();
+        let theirs = String::from_utf8(theirs).unwrap();
+        assert!(
+            theirs.contains("app_http_server_requests_total{"),
+            "{theirs}"
+        );
+        for format in [Format::Text, Format::OpenMetrics] {
+            let ours = String::from_utf8(body(&metrics, format)).unwrap();
+            let samples: Vec<&str> = ours.lines().filter(|l| !l.starts_with('#')).collect();
+            assert!(
+                samples
+                    .iter()
+                    .any(|l| l.starts_with("app_http_server_requests_total{")),
+                "{format:?}: {ours}"
+            );
+            for line in samples {
+                assert!(line.starts_with("app_"), "{format:?}: {line}");
+                assert!(line.contains("env=\"prod\""), "{format:?}: {line}");
+                assert!(!line.contains("__observe"), "{format:?}: {line}");
+            }
+        }
+        let pb = body(&metrics, Format::Protobuf);
+        let name = b"app_http_server_request_duration_seconds";
+        assert!(pb.windows(name.len()).any(|w| w == name));
+    }
+
+    /// A sample's timestamp is in milliseconds in the Prometheus text format and in seconds
+    /// in OpenMetrics.
+    #[test]
+    fn timestamps_are_milliseconds_in_text_and_seconds_in_openmetrics() {
+        struct Stamped(prometheus::core::Desc);
+        impl prometheus::core::Collector for Stamped {
+            fn desc(&self) -> Vec<&prometheus::core::Desc> {
+                vec![&self.0]
+            }
+            fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+                let mut gauge = prometheus::proto::Gauge::default();
+                gauge.set_value(2.0);
+                let mut metric = prometheus::proto::Metric::default();
+                metric.set_gauge(gauge);
+                metric.set_timestamp_ms(1_700_000_000_123);
+                let mut family = prometheus::proto::MetricFamily::default();
+                family.set_name("user_stamped".to_owned());
+                family.set_help("S.".to_owned());
+                family.set_field_type(prometheus::proto::MetricType::GAUGE);
+                family.set_metric(vec![metric]);
+                vec![family]
+            }
+        }
+        let metrics = busy_registry();
+        let desc = prometheus::core::Desc::new(
+            "user_stamped".to_owned(),
+            "S.".to_owned(),
+            Vec::new(),
+            Default::default(),
+        )
+        .unwrap();
+        metrics
+            .registry()
+            .register(Box::new(Stamped(desc)))
+            .unwrap();
+        let text = String::from_utf8(body(&metrics, Format::Text)).unwrap();
+        assert!(text.contains("\nuser_stamped 2 1700000000123\n"), "{text}");
+        let om = String::from_utf8(body(&metrics, Format::OpenMetrics)).unwrap();
+        assert!(om.contains("\nuser_stamped 2 1700000000.123\n"), "{om}");
+    }
+
+    /// A collector that gathers another registry from inside a scrape (through observe's
+    /// encoder) leaves the outer scrape's families whole.
+    #[test]
+    fn a_scrape_inside_a_scrape_loses_nothing() {
+        struct Nested(HttpMetrics);
+        impl prometheus::core::Collector for Nested {
+            fn desc(&self) -> Vec<&prometheus::core::Desc> {
+                Vec::new()
+            }
+            fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+                let inner = body(&self.0, Format::Text);
+                assert!(!inner.is_empty());
+                Vec::new()
+            }
+        }
+        let outer = busy_registry();
+        let alone = String::from_utf8(body(&outer, Format::OpenMetrics)).unwrap();
+        let inner = HttpMetrics::builder("inner").build().unwrap();
+        outer.registry().register(Box::new(Nested(inner))).unwrap();
+        let nested = String::from_utf8(body(&outer, Format::OpenMetrics)).unwrap();
+        let observes = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| l.starts_with("http_server_"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(observes(&alone), observes(&nested));
+    }
+
     /// OpenMetrics names a counter family without `_total`: a gauge `x` beside a counter
     /// `x_total` would be two families of one name, which parsers refuse (it happened to the
     /// runtime families once: `runtime::collector` checks its own names the same way).
@@ -515,6 +629,35 @@ mod exemplar_tests {
             .unwrap();
         request(&off, vec![("traceparent", SAMPLED)]);
         assert!(!openmetrics(&off).contains("trace_id"));
+    }
+
+    /// The hook is the user's code: when it panics, the request was never counted as started,
+    /// so nothing stays in flight.
+    #[test]
+    fn a_hook_that_panics_leaves_no_request_in_flight() {
+        let metrics = HttpMetrics::builder("svc")
+            .trace_context(|_| -> Option<TraceContext> { panic!("a bug in the hook") })
+            .build()
+            .unwrap();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            metrics
+                .id()
+                .start_with("GET", Some("/x"), &Headers(vec![("traceparent", SAMPLED)]))
+        }));
+        assert!(caught.is_err());
+        metrics
+            .id()
+            .start("GET", Some("/x"))
+            .unwrap()
+            .respond(200)
+            .finish();
+        let om = openmetrics(&metrics);
+        let active: Vec<&str> = om
+            .lines()
+            .filter(|l| l.starts_with("http_server_active_requests{"))
+            .collect();
+        assert!(!active.is_empty(), "{om}");
+        assert!(active.iter().all(|l| l.ends_with(" 0")), "{active:?}");
     }
 
     #[test]

@@ -145,35 +145,39 @@ impl MetricsEncoder {
     }
 
     /// The `503` for a scrape whose encoding outlived [`scrape_timeout`](Self::scrape_timeout)
-    /// (it goes on in the background and still counts in flight until it ends).
+    /// (it goes on in the background and still counts in flight until it ends); counted.
     pub fn timed_out(&self) -> Answer {
-        let limits = self.limits();
-        limits.count(503);
-        busy(&format!(
-            "encoding /metrics took longer than {:?} (scrape_timeout)",
-            limits.timeout
-        ))
+        self.conclude(None)
     }
 }
 
 impl MetricsEncoder {
     /// The answer to a scrape an adapter ran off its async workers and waited for at most
     /// [`scrape_timeout`](Self::scrape_timeout): its own answer, a `500` naming why the
-    /// blocking pool failed it (`Err`), or the timeout's `503` (`None`).
+    /// blocking pool failed it (`Err`), or the timeout's `503` (`None`). The answer is counted
+    /// in `observe_metrics_handler_requests_total` here, once: the one the client is sent (an
+    /// encoding that timed out and ends later is not counted again).
     pub fn conclude(&self, outcome: Option<Result<Answer, String>>) -> Answer {
-        match outcome {
+        let limits = self.limits();
+        let answer = match outcome {
             Some(Ok(answer)) => answer,
             Some(Err(failed)) => Answer::text(500, &format!("encoding metrics failed: {failed}"))
                 .with_header("vary", "accept, accept-encoding"),
-            None => self.timed_out(),
-        }
+            None => busy(&format!(
+                "encoding /metrics took longer than {:?} (scrape_timeout)",
+                limits.timeout
+            )),
+        };
+        limits.count(answer.status);
+        answer
     }
 }
 
 impl Scrape {
     /// The `/metrics` answer for these `Accept` and `Accept-Encoding` headers (see
-    /// [`MetricsEncoder::respond`]); counted in `observe_metrics_handler_requests_total` and
-    /// timed in `observe_metrics_handler_encode_duration_seconds`. Blocks while it encodes.
+    /// [`MetricsEncoder::respond`]), timed in `observe_metrics_handler_encode_duration_seconds`.
+    /// Blocks while it encodes. Hand it to [`MetricsEncoder::conclude`], which counts what is
+    /// sent.
     pub fn respond(self, accept: Option<&str>, accept_encoding: Option<&str>) -> Answer {
         let started = Instant::now();
         let answer = self
@@ -182,7 +186,6 @@ impl Scrape {
         if let Some(m) = &self.limits.metrics {
             m.encode.observe(started.elapsed().as_secs_f64());
         }
-        self.limits.count(answer.status);
         answer
     }
 }
@@ -238,11 +241,24 @@ mod tests {
         assert!(refused.body_text().contains("2 encode at once at most"));
         assert_eq!(refused.header("retry-after"), Some("1"));
         drop(first);
-        let answer = second.respond(None, None);
+        let answer = encoder.conclude(Some(Ok(second.respond(None, None))));
         assert_eq!(answer.status, 200);
         assert_eq!(encoder.respond(None, None).status, 200);
         assert_eq!(encoder.timed_out().status, 503);
-        assert_eq!((handled(&metrics, "200"), handled(&metrics, "503")), (2, 2));
+        // Admitted, encoded after its timeout was answered: only the 503 was sent and counted.
+        let late = encoder.admit().unwrap();
+        assert_eq!(encoder.conclude(None).status, 503);
+        late.respond(None, None);
+        let failed = encoder.conclude(Some(Err("the blocking pool shut down".to_owned())));
+        assert_eq!(failed.status, 500);
+        assert_eq!(
+            (
+                handled(&metrics, "200"),
+                handled(&metrics, "503"),
+                handled(&metrics, "500")
+            ),
+            (2, 3, 1)
+        );
         // Nothing left in flight: the limit is whole again.
         let again: Vec<_> = (0..2).map(|_| encoder.admit().unwrap()).collect();
         assert!(encoder.admit().is_err());

@@ -49,11 +49,19 @@ fn write_family(family: &Family, om: bool, out: &mut String) {
     for sample in &family.metrics {
         match &sample.value {
             Value::Counter(v, exemplar) => {
-                line(out, name, if om { "_total" } else { "" }, sample, None, *v);
+                line(
+                    out,
+                    om,
+                    name,
+                    if om { "_total" } else { "" },
+                    sample,
+                    None,
+                    *v,
+                );
                 end(out, exemplar.as_ref());
             }
             Value::Gauge(v) => {
-                line(out, name, "", sample, None, *v);
+                line(out, om, name, "", sample, None, *v);
                 end(out, None);
             }
             Value::Summary {
@@ -62,30 +70,30 @@ fn write_family(family: &Family, om: bool, out: &mut String) {
                 quantiles,
             } => {
                 for &(q, v) in quantiles {
-                    line(out, name, "", sample, Some(("quantile", q)), v);
+                    line(out, om, name, "", sample, Some(("quantile", q)), v);
                     end(out, None);
                 }
-                line(out, name, "_sum", sample, None, *sum);
+                line(out, om, name, "_sum", sample, None, *sum);
                 end(out, None);
-                line(out, name, "_count", sample, None, *count as f64);
+                line(out, om, name, "_count", sample, None, *count as f64);
                 end(out, None);
             }
             Value::Histogram(h) => {
                 for b in &h.buckets {
                     let le = Some(("le", b.upper));
-                    line(out, name, "_bucket", sample, le, b.cumulative as f64);
+                    line(out, om, name, "_bucket", sample, le, b.cumulative as f64);
                     end(out, b.exemplar.as_ref());
                 }
-                line(out, name, "_sum", sample, None, h.sum);
+                line(out, om, name, "_sum", sample, None, h.sum);
                 end(out, None);
-                line(out, name, "_count", sample, None, h.count as f64);
+                line(out, om, name, "_count", sample, None, h.count as f64);
                 end(out, None);
             }
         }
         if let (true, Some(created), Kind::Counter | Kind::Histogram | Kind::Summary) =
             (om, sample.created, family.kind)
         {
-            line(out, name, "_created", sample, None, created);
+            line(out, om, name, "_created", sample, None, created);
             end(out, None);
         }
     }
@@ -94,6 +102,7 @@ fn write_family(family: &Family, om: bool, out: &mut String) {
 /// One sample, without its line end.
 fn line(
     out: &mut String,
+    om: bool,
     name: &str,
     suffix: &str,
     sample: &Sample,
@@ -123,8 +132,16 @@ fn line(
     }
     out.push(' ');
     number(out, value);
-    if let Some(ts) = sample.timestamp_ms {
-        let _ = write!(out, " {ts}");
+    // Milliseconds in the Prometheus text format, seconds in OpenMetrics.
+    match sample.timestamp_ms {
+        Some(ms) if om => {
+            out.push(' ');
+            number(out, ms as f64 / 1000.0);
+        }
+        Some(ms) => {
+            let _ = write!(out, " {ms}");
+        }
+        None => {}
     }
 }
 
