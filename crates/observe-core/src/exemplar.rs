@@ -49,6 +49,11 @@ static EPOCH: LazyLock<(Instant, f64)> = LazyLock::new(|| {
     (Instant::now(), wall)
 });
 
+/// Sets the clock pair exemplar times count from, if it is not set yet.
+pub(crate) fn start_clock() {
+    LazyLock::force(&EPOCH);
+}
+
 /// `now` as exemplar cells store it (never 0).
 #[inline]
 pub(crate) fn stamp(now: Instant) -> u64 {
@@ -60,7 +65,7 @@ impl ExemplarCell {
     /// before `at` (a [`stamp`]) or another writer holds it.
     #[inline]
     pub(crate) fn offer(&self, trace: &TraceContext, nanos: u64, at: u64, interval_nanos: u64) {
-        let seq = self.seq.load(Ordering::Relaxed);
+        let seq = self.seq.load(Ordering::Acquire);
         let last = self.at.load(Ordering::Relaxed);
         if seq & 1 == 1 || (last != 0 && at.saturating_sub(last) < interval_nanos) {
             return;
@@ -72,6 +77,10 @@ impl ExemplarCell {
         {
             return;
         }
+        // The odd count is visible before any of the stores below: a reader that sees one of
+        // them also sees the count change (without this a torn exemplar could pass its check
+        // on a weakly ordered CPU).
+        fence(Ordering::Release);
         for (cell, word) in self.ids.iter().zip(trace.words()) {
             cell.store(word, Ordering::Relaxed);
         }

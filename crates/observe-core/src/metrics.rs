@@ -169,14 +169,16 @@ impl MetricsId {
         let (route, trace) = with_state(self.0, |state| {
             let route = state.routes.resolve(template);
             // An excluded route (`/metrics`) is not recorded: its headers are not read.
-            if !state.count_start(method, route) {
+            if route.is_excluded() {
                 return None;
             }
+            // Read before the start is counted: a trace hook that panics leaves no request in
+            // flight for ever.
             let trace = state
                 .exemplars
                 .then(|| trace::extract(state.trace_hook.as_ref(), headers))
                 .flatten();
-            Some((route, trace))
+            state.count_start(method, route).then_some((route, trace))
         })??;
         Some(RequestRecord::new(self.0, method, route, trace))
     }

@@ -90,7 +90,8 @@ impl NativeLayout {
             min_key: 0,
             chunks: 0,
         };
-        let lowest = layout.key(((zero_nanos + 1) as f64 * 1e-9).max(f64::MIN_POSITIVE));
+        let lowest =
+            layout.key((zero_nanos.saturating_add(1) as f64 * 1e-9).max(f64::MIN_POSITIVE));
         let highest = layout.key(u64::MAX as f64 * 1e-9) + 1;
         layout.min_key = lowest;
         layout.chunks = ((highest - lowest) as usize) / CHUNK + 1;
@@ -174,20 +175,33 @@ impl NativeLayout {
         shards: impl Iterator<Item = &'a NativeCells>,
     ) -> NativeBuckets {
         let mut zero = 0u64;
-        let mut counts = vec![0u64; self.chunks * CHUNK];
+        // Only the chunks some shard has: a fine schema has thousands, a series uses a few.
+        let mut sums: Vec<(usize, [u64; CHUNK])> = Vec::new();
         for cells in shards {
             zero += cells.zero.load(Ordering::Relaxed);
             for (c, chunk) in cells.chunks.iter().enumerate() {
                 if let Some(chunk) = chunk.get() {
-                    for (i, cell) in chunk.iter().enumerate() {
-                        counts[c * CHUNK + i] += cell.load(Ordering::Relaxed);
+                    let at = match sums.binary_search_by_key(&c, |&(c, _)| c) {
+                        Ok(at) => at,
+                        Err(at) => {
+                            sums.insert(at, (c, [0; CHUNK]));
+                            at
+                        }
+                    };
+                    for (sum, cell) in sums[at].1.iter_mut().zip(chunk.iter()) {
+                        *sum += cell.load(Ordering::Relaxed);
                     }
                 }
             }
         }
-        let mut positive: Vec<(i32, u64)> = counts
-            .into_iter()
-            .enumerate()
+        let mut positive: Vec<(i32, u64)> = sums
+            .iter()
+            .flat_map(|(c, counts)| {
+                counts
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, &n)| (c * CHUNK + i, n))
+            })
             .filter(|&(_, n)| n > 0)
             .map(|(at, n)| (at as i32 + self.min_key, n))
             .collect();
@@ -275,6 +289,18 @@ mod tests {
             }
             assert!(checked > 1000);
         }
+    }
+
+    /// A zero threshold beyond what a u64 of nanoseconds holds puts everything in the zero
+    /// bucket (and builds a small table, without overflowing).
+    #[test]
+    fn a_zero_threshold_of_centuries_holds_everything() {
+        let layout = NativeLayout::new(1.003, 1e12, 160);
+        assert!(layout.chunks <= 2, "{} chunks", layout.chunks);
+        let cells = layout.cells();
+        layout.observe(&cells, Shard::current(), u64::MAX);
+        let buckets = layout.snapshot(std::iter::once(&cells));
+        assert_eq!((buckets.zero_count, buckets.positive.len()), (1, 0));
     }
 
     #[test]

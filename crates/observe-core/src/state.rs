@@ -188,6 +188,11 @@ pub(crate) struct Observation {
 impl Owner {
     /// The state `config` describes, open: requests find it from now on.
     pub(crate) fn open<T>(config: ObserveBuilder<T>) -> Arc<Owner> {
+        if config.exemplars {
+            // Exemplar times count from this clock pair: set it before any request starts, or
+            // the first traced request (started earlier) would be stamped in the future.
+            crate::exemplar::start_clock();
+        }
         let state = Arc::new(State {
             id: new_state_id(),
             closed: AtomicBool::new(false),
