@@ -132,10 +132,12 @@ impl Access {
         Access(Rule::Loopback)
     }
 
-    /// Only requests with `Authorization: Bearer <token>`.
+    /// Only requests with `Authorization: Bearer <token>`. Whitespace around `token` is not
+    /// part of it (a token read from a file keeps no line end), as around the header's value.
     pub fn bearer_token(token: impl Into<String>) -> Result<Self, PprofError> {
         let token = token.into();
-        if token.trim().is_empty() {
+        let token = token.trim();
+        if token.is_empty() {
             return Err(PprofError::EmptyToken);
         }
         Ok(Access(Rule::Bearer(token.into())))
@@ -186,8 +188,10 @@ impl Access {
             Rule::Bearer(token) => {
                 let given = req
                     .header("authorization")
-                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                    .map(str::trim);
+                    .and_then(|v| v.trim_start().split_once(' '))
+                    // The scheme's case does not matter (RFC 9110).
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, given)| given.trim());
                 match given {
                     Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
                     _ => {
@@ -319,6 +323,19 @@ mod tests {
             Access::bearer_token(" "),
             Err(PprofError::EmptyToken)
         ));
+        // Any case of the scheme; the configured token without its file's line end.
+        let from_file = Access::bearer_token("s3cret\n").unwrap();
+        for header in [
+            "Bearer s3cret",
+            "BEARER s3cret",
+            "bearer  s3cret ",
+            "Bearer s3cret\t",
+        ] {
+            assert_eq!(status(&from_file, &with(header)), 200, "{header:?}");
+        }
+        for header in ["Bearers3cret", "Bearer", "Bearer s3cret x", "Basic s3cret"] {
+            assert_eq!(status(&from_file, &with(header)), 401, "{header:?}");
+        }
     }
 
     #[test]
