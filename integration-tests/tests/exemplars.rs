@@ -18,16 +18,19 @@ fn traceparent(n: u32) -> (String, String) {
     (format!("00-{trace_id}-00f067aa0ba902b7-01"), trace_id)
 }
 
-/// `GET url` with one extra header; the status and the body.
-fn get_with(url: String, header: (&str, &str)) -> (u16, String) {
+/// `GET url` with these extra headers; the status and the body.
+fn get_with(url: String, headers: &[(&str, &str)]) -> (u16, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let answer = reqwest::Client::new()
-            .get(url)
-            .header(header.0, header.1)
+        let request = headers
+            .iter()
+            .fold(reqwest::Client::new().get(url), |r, (k, v)| {
+                r.header(*k, *v)
+            });
+        let answer = request
             .timeout(Duration::from_secs(10))
             .send()
             .await
@@ -42,11 +45,11 @@ fn get(example: &Example, path: &str, traceparent: Option<&str>) -> u16 {
         Some(value) => ("traceparent", value),
         None => ("x-none", ""),
     };
-    get_with(example.url(path), header).0
+    get_with(example.url(path), &[header]).0
 }
 
 fn scrape(example: &Example, accept: &str) -> String {
-    get_with(example.url("/metrics"), ("accept", accept)).1
+    get_with(example.url("/metrics"), &[("accept", accept)]).1
 }
 
 /// Runs Python's `prometheus_client` OpenMetrics parser over `exposition` and returns, per
@@ -121,13 +124,20 @@ fn malformed_oversized_or_unsampled_traceparents_add_no_exemplar_and_change_noth
                 "{package}: {value:.80}"
             );
         }
+        // Two valid ones in one request: which is the request's trace? Neither.
+        let (other, _) = traceparent(2);
+        let twice = [
+            ("traceparent", good.as_str()),
+            ("traceparent", other.as_str()),
+        ];
+        assert_eq!(get_with(example.url("/users/1"), &twice).0, 200);
         let om = scrape(&example, PROMETHEUS_ACCEPT);
         let exemplars = parse_openmetrics(&om);
         assert!(exemplars.is_empty(), "{package}: {exemplars:#?}");
         // Every request counted, once, with its status.
         let line = format!(
             "http_server_requests_total{{http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/users/{{id}}\",service=\"{package}\"}} {}\n",
-            bad.len()
+            bad.len() + 1
         );
         assert!(om.contains(&line), "{package}: {line} not in\n{om}");
     }
