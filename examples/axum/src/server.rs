@@ -51,8 +51,14 @@ pub(crate) async fn serve(
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                // Out of file descriptors or similar: wait instead of spinning.
-                Err(_) => {
+                // A client that gave up before its connection was taken: the next one.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) => continue,
+                // Out of file descriptors or similar: say so, and wait instead of spinning.
+                Err(e) => {
+                    eprintln!("example-axum: accepting a connection failed: {e}; retrying in 50 ms");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
