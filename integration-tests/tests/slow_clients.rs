@@ -2,7 +2,8 @@
 //! one that asks for a profile and never reads the answer, and many that open a connection
 //! and send nothing, half a request head, a head one byte at a time, or nothing more after a
 //! first request. None of them may hold the profiler beyond the profile's own length, nor a
-//! connection (and its memory) beyond the server's header read timeout
+//! connection (and its memory) beyond the server's header read timeout; and one that stops
+//! reading a long answer is closed by example-axum's write stall timeout
 //! (`docs/pprof.md`, "Clients that hold connections").
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -255,6 +256,59 @@ fn a_client_that_never_reads_its_profile_holds_nothing(package: &str) {
         "{package}: {:.1} MiB left behind",
         rss_after.saturating_sub(rss_before) as f64 / MIB as f64
     );
+}
+
+/// A client that stops reading a long answer: `example-axum` closes the connection once its
+/// writes have made no progress for its write stall timeout (10 s), and what was not sent is
+/// dropped. Reading afterwards gets what the kernel held, then the end: never the whole answer.
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_write_stall_timeout() {
+    const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+    let example = Example::start_release("example-axum", &[]);
+    // A small receive buffer, so the answer stops at the server, not in the kernel.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let tcp = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket.connect(example.addr).await.expect("connect")
+    });
+    let mut tcp = tcp.into_std().expect("std stream");
+    tcp.set_nonblocking(false).expect("blocking");
+    // 64 lines of 256 KiB: 16 MiB, more than the kernel's buffers hold.
+    tcp.write_all(b"GET /stream?chunks=64&pad=262144 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let started = Instant::now();
+    std::thread::sleep(WRITE_STALL_TIMEOUT + Duration::from_secs(3));
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 65536];
+    let ended = loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break "still open"
+            }
+            Err(_) => break "reset",
+        }
+    };
+    let text = String::from_utf8_lossy(&answer);
+    println!(
+        "example-axum: a /stream answer nobody read for {:?}: {} bytes arrived afterwards, then the connection was {ended}",
+        started.elapsed(),
+        answer.len()
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.200}");
+    assert!(
+        !text.contains("chunk 63 "),
+        "the whole answer was still there to read ({} bytes)",
+        answer.len()
+    );
+    assert_ne!(ended, "still open");
 }
 
 integration_tests::for_both_examples!(

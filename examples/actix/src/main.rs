@@ -86,16 +86,21 @@ struct StreamParams {
     chunks: u32,
     #[serde(default)]
     delay_ms: u64,
+    /// Each line padded with spaces to this many bytes (at most 1 MiB): a long answer.
+    #[serde(default)]
+    pad: usize,
 }
 
 fn default_chunks() -> u32 {
     5
 }
 
-/// Streams `chunks` lines (at most 10,000), `delay_ms` (at most 10 s) apart.
+/// Streams `chunks` lines (at most 10,000), `delay_ms` (at most 10 s) apart, each `pad` bytes
+/// long when that is more than the line.
 async fn stream(p: web::Query<StreamParams>) -> impl Responder {
     let chunks = p.chunks.min(10_000);
     let delay = Duration::from_millis(p.delay_ms.min(10_000));
+    let pad = p.pad.min(1 << 20).saturating_sub(1);
     let lines = futures_util::stream::unfold(0u32, move |i| async move {
         if i == chunks {
             return None;
@@ -103,10 +108,10 @@ async fn stream(p: web::Query<StreamParams>) -> impl Responder {
         if i > 0 {
             actix_web::rt::time::sleep(delay).await;
         }
-        Some((
-            Ok::<_, std::io::Error>(Bytes::from(format!("chunk {i}\n"))),
-            i + 1,
-        ))
+        let mut line = format!("chunk {i}");
+        line.extend(std::iter::repeat_n(' ', pad.saturating_sub(line.len())));
+        line.push('\n');
+        Some((Ok::<_, std::io::Error>(Bytes::from(line)), i + 1))
     });
     HttpResponse::Ok().streaming(lines)
 }

@@ -1,6 +1,9 @@
 //! The HTTP/1 server loop `axum::serve` would run, with the limits it does not let you set:
 //! a connection must send a whole request head within [`HEADER_READ_TIMEOUT`] of opening, and
-//! of its previous response, or it is closed; a head may be at most [`MAX_HEAD_SIZE`].
+//! of its previous response, or it is closed; a head may be at most [`MAX_HEAD_SIZE`]; a
+//! client that stops reading its answer is closed once writing to it has made no progress for
+//! [`WRITE_STALL_TIMEOUT`] (hyper has no write timeout: the unsent answer stayed in memory
+//! for as long as the connection stayed open).
 //!
 //! `axum::serve` sets no timer, so hyper's `header_read_timeout` never fires there: a client
 //! that opens a connection and sends nothing, half a head, or a head one byte at a time, holds
@@ -9,7 +12,10 @@
 //! connections".
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -18,6 +24,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tower::ServiceExt;
 
 /// How long a connection may take to send a whole request head, counted from its opening or
@@ -29,6 +38,11 @@ pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// what it may make the server buffer while sending it slowly: actix-web's fixed limit,
 /// 128 KiB (hyper's own is its ~400 KiB read buffer). A longer head is answered `431`.
 pub(crate) const MAX_HEAD_SIZE: usize = 128 * 1024;
+
+/// How long a write to a client may wait without any byte taken before the connection is
+/// closed: the client stopped reading (a profile or a stream nobody reads), and what is left of
+/// its answer is freed. A client that reads, however slowly, is never cut off.
+pub(crate) const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a graceful shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -71,6 +85,7 @@ pub(crate) async fn serve(
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             app.clone().oneshot(req)
         });
+        let tcp = WriteStallTimeout { tcp, stalled: None };
         let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
             // A client that went away or broke the protocol: nothing to do but close.
@@ -79,4 +94,84 @@ pub(crate) async fn serve(
     }
     drop(listener);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+}
+
+/// A connection whose writes fail with `TimedOut` once the client has taken nothing for
+/// [`WRITE_STALL_TIMEOUT`]; hyper then closes it. The timer exists only while a write waits.
+struct WriteStallTimeout {
+    tcp: TcpStream,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteStallTimeout {
+    /// After a write that could not proceed: `Pending` until the stall lasts too long.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for the write stall timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progressed<T>(
+        &mut self,
+        done: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match done {
+            Poll::Pending => self.stall(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+}
+
+impl AsyncRead for WriteStallTimeout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteStallTimeout {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let done = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.progressed(done, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let done = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.progressed(done, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let done = Pin::new(&mut self.tcp).poll_shutdown(cx);
+        self.progressed(done, cx)
+    }
 }
