@@ -3,7 +3,6 @@
 //! `RUSTFLAGS="--cfg tokio_unstable"` and tokio's `taskdump` feature (observe's `taskdump`
 //! feature turns it on), on Linux; any other build answers `501` saying so.
 
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::error::PprofError;
@@ -53,177 +52,13 @@ pub(crate) fn availability() -> Result<(), PprofError> {
     )))
 }
 
-/// Dumps every watched runtime (or, when none is watched, the one this thread belongs to)
-/// as text. Blocks up to [`TASK_DUMP_TIMEOUT`]; stops early once `cancel` is set.
 #[cfg(all(
     tokio_unstable,
     feature = "taskdump",
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-pub(crate) fn dump(cancel: &AtomicBool) -> Result<Vec<u8>, PprofError> {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering;
-    use std::sync::mpsc::{self, RecvTimeoutError};
-    use std::time::Instant;
-    use tokio::runtime::{Handle, RuntimeFlavor};
-
-    let started = Instant::now();
-    let mut runtimes = observe_core::runtime::watched_runtimes();
-    if runtimes.is_empty() {
-        runtimes.extend(Handle::try_current().ok());
-    }
-    if runtimes.is_empty() {
-        return Err(PprofError::TasksUnavailable(
-            "no tokio runtime to dump: serve /debug/pprof/tasks from a tokio runtime".to_owned(),
-        ));
-    }
-    // tokio's multi-thread dump first moves every task queued on the workers into one
-    // bounded queue, and spins forever once more than 128 are queued (tokio 1.54's
-    // `Shared::steal_all`): wait for the queues to drain below that, or refuse.
-    let settled = started + QUEUE_SETTLE_TIMEOUT;
-    let queued = loop {
-        let queued = runtimes.iter().map(queued_on_workers).max().unwrap_or(0);
-        if queued <= MAX_QUEUED_FOR_A_DUMP || Instant::now() >= settled {
-            break queued;
-        }
-        if cancel.load(Ordering::Relaxed) {
-            return Err(PprofError::Cancelled);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    if queued > MAX_QUEUED_FOR_A_DUMP {
-        return Err(PprofError::TaskDumpTimeout(format!(
-            "{queued} tasks are queued to run; tokio's task dump can hang a multi-thread runtime with more than 128 queued, so none was taken: retry when the service is less busy"
-        )));
-    }
-    let (answers, answered) = mpsc::channel();
-    for (index, handle) in runtimes.iter().enumerate() {
-        let answers = answers.clone();
-        // A current-thread runtime can only be traced from a task of its own; a multi-thread
-        // one traces from a thread tokio starts for the purpose.
-        handle.spawn(async move {
-            let dump = Handle::current().dump().await;
-            let _ = answers.send((index, dump));
-        });
-    }
-    drop(answers);
-    let deadline = started + TASK_DUMP_TIMEOUT;
-    let mut dumps: Vec<Option<tokio::runtime::Dump>> = runtimes.iter().map(|_| None).collect();
-    let mut waiting = runtimes.len();
-    while waiting > 0 {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(PprofError::Cancelled);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match answered.recv_timeout(left.min(Duration::from_millis(25))) {
-            Ok((index, dump)) => {
-                dumps[index] = Some(dump);
-                waiting -= 1;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    if waiting == runtimes.len() {
-        return Err(PprofError::TaskDumpTimeout(format!(
-            "no tokio runtime answered the task dump within {} s: a worker thread is blocked (see tokio_worker_current_stall_seconds on /metrics)",
-            TASK_DUMP_TIMEOUT.as_secs()
-        )));
-    }
-    let traced = started.elapsed();
-    let total: usize = dumps
-        .iter()
-        .flatten()
-        .map(|d| d.tasks().iter().count())
-        .sum();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "tokio task dump: {} runtime(s), {total} task(s), traced in {:.3} s\n\
-         Each task's await points, outermost first. Tasks spawned on an actix-web worker's LocalSet \
-         (actix_web::rt::spawn) are not traced by tokio.",
-        runtimes.len(),
-        traced.as_secs_f64(),
-    );
-    let mut shown = 0usize;
-    let mut truncated = false;
-    for (index, (handle, dump)) in runtimes.iter().zip(&dumps).enumerate() {
-        let flavor = match handle.runtime_flavor() {
-            RuntimeFlavor::CurrentThread => "current-thread",
-            _ => "multi-thread",
-        };
-        let Some(dump) = dump else {
-            let _ = writeln!(
-                out,
-                "\nruntime {index} ({flavor}): no answer within {} s, a worker is blocked",
-                TASK_DUMP_TIMEOUT.as_secs()
-            );
-            continue;
-        };
-        let tasks = dump.tasks().iter().count();
-        let _ = writeln!(out, "\nruntime {index} ({flavor}): {tasks} task(s)");
-        for task in dump.tasks().iter() {
-            if truncated || out.len() >= MAX_TASK_DUMP_BYTES {
-                truncated = true;
-                break;
-            }
-            let _ = writeln!(out, "\ntask {}:\n{}", task.id(), task.trace());
-            shown += 1;
-        }
-    }
-    if truncated {
-        let _ = writeln!(
-            out,
-            "\n[observe: {} more task(s) not shown: the dump is capped at {} MiB]",
-            total - shown,
-            MAX_TASK_DUMP_BYTES / (1024 * 1024)
-        );
-    }
-    Ok(out.into_bytes())
-}
-
-/// Tasks queued to run on a multi-thread runtime: on its workers' local queues and on the
-/// global queue they refill those from (a current-thread runtime traces its own queue in
-/// place: 0).
-#[cfg(all(
-    tokio_unstable,
-    feature = "taskdump",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-fn queued_on_workers(handle: &tokio::runtime::Handle) -> usize {
-    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-        return 0;
-    }
-    let metrics = handle.metrics();
-    let local: usize = (0..metrics.num_workers())
-        .map(|worker| metrics.worker_local_queue_depth(worker))
-        .sum();
-    local + metrics.global_queue_depth()
-}
-
-/// The most tasks queued on a multi-thread runtime's workers a dump starts with: half of
-/// the 128 tokio's dump can gather, leaving room for tasks queued while it starts.
-#[cfg(all(
-    tokio_unstable,
-    feature = "taskdump",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-const MAX_QUEUED_FOR_A_DUMP: usize = 64;
-
-/// How long a dump waits for the workers' queues to drain below [`MAX_QUEUED_FOR_A_DUMP`].
-#[cfg(all(
-    tokio_unstable,
-    feature = "taskdump",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-const QUEUE_SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) use traced::dump;
 
 /// This build cannot trace tasks; [`availability`] says why.
 #[cfg(not(all(
@@ -232,6 +67,168 @@ const QUEUE_SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
-pub(crate) fn dump(_cancel: &AtomicBool) -> Result<Vec<u8>, PprofError> {
+pub(crate) fn dump(_cancel: &std::sync::atomic::AtomicBool) -> Result<Vec<u8>, PprofError> {
     availability().map(|()| Vec::new())
+}
+
+/// The dump, in the builds that can take one.
+#[cfg(all(
+    tokio_unstable,
+    feature = "taskdump",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod traced {
+    use std::fmt::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{self, RecvTimeoutError};
+    use std::time::{Duration, Instant};
+
+    use tokio::runtime::{Handle, RuntimeFlavor};
+
+    use super::{MAX_TASK_DUMP_BYTES, TASK_DUMP_TIMEOUT};
+    use crate::error::PprofError;
+
+    /// Dumps every watched runtime (or, when none is watched, the one this thread belongs to)
+    /// as text. Blocks up to [`TASK_DUMP_TIMEOUT`]; stops early once `cancel` is set.
+    pub(crate) fn dump(cancel: &AtomicBool) -> Result<Vec<u8>, PprofError> {
+        let started = Instant::now();
+        let mut runtimes = observe_core::runtime::watched_runtimes();
+        if runtimes.is_empty() {
+            runtimes.extend(Handle::try_current().ok());
+        }
+        if runtimes.is_empty() {
+            return Err(PprofError::TasksUnavailable(
+                "no tokio runtime to dump: serve /debug/pprof/tasks from a tokio runtime"
+                    .to_owned(),
+            ));
+        }
+        // tokio's multi-thread dump first moves every task queued on the workers into one
+        // bounded queue, and spins forever once more than 128 are queued (tokio 1.54's
+        // `Shared::steal_all`): wait for the queues to drain below that, or refuse.
+        let settled = started + QUEUE_SETTLE_TIMEOUT;
+        let queued = loop {
+            let queued = runtimes.iter().map(queued_on_workers).max().unwrap_or(0);
+            if queued <= MAX_QUEUED_FOR_A_DUMP || Instant::now() >= settled {
+                break queued;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(PprofError::Cancelled);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if queued > MAX_QUEUED_FOR_A_DUMP {
+            return Err(PprofError::TaskDumpTimeout(format!(
+                "{queued} tasks are queued to run; tokio's task dump can hang a multi-thread runtime with more than 128 queued, so none was taken: retry when the service is less busy"
+            )));
+        }
+        let (answers, answered) = mpsc::channel();
+        for (index, handle) in runtimes.iter().enumerate() {
+            let answers = answers.clone();
+            // A current-thread runtime can only be traced from a task of its own; a multi-thread
+            // one traces from a thread tokio starts for the purpose.
+            handle.spawn(async move {
+                let dump = Handle::current().dump().await;
+                let _ = answers.send((index, dump));
+            });
+        }
+        drop(answers);
+        let deadline = started + TASK_DUMP_TIMEOUT;
+        let mut dumps: Vec<Option<tokio::runtime::Dump>> = runtimes.iter().map(|_| None).collect();
+        let mut waiting = runtimes.len();
+        while waiting > 0 {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(PprofError::Cancelled);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match answered.recv_timeout(left.min(Duration::from_millis(25))) {
+                Ok((index, dump)) => {
+                    dumps[index] = Some(dump);
+                    waiting -= 1;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if waiting == runtimes.len() {
+            return Err(PprofError::TaskDumpTimeout(format!(
+                "no tokio runtime answered the task dump within {} s: a worker thread is blocked (see tokio_worker_current_stall_seconds on /metrics)",
+                TASK_DUMP_TIMEOUT.as_secs()
+            )));
+        }
+        let traced = started.elapsed();
+        let total: usize = dumps
+            .iter()
+            .flatten()
+            .map(|d| d.tasks().iter().count())
+            .sum();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "tokio task dump: {} runtime(s), {total} task(s), traced in {:.3} s\n\
+             Each task's await points, outermost first. Tasks spawned on an actix-web worker's LocalSet \
+             (actix_web::rt::spawn) are not traced by tokio.",
+            runtimes.len(),
+            traced.as_secs_f64(),
+        );
+        let mut shown = 0usize;
+        let mut truncated = false;
+        for (index, (handle, dump)) in runtimes.iter().zip(&dumps).enumerate() {
+            let flavor = match handle.runtime_flavor() {
+                RuntimeFlavor::CurrentThread => "current-thread",
+                _ => "multi-thread",
+            };
+            let Some(dump) = dump else {
+                let _ = writeln!(
+                    out,
+                    "\nruntime {index} ({flavor}): no answer within {} s, a worker is blocked",
+                    TASK_DUMP_TIMEOUT.as_secs()
+                );
+                continue;
+            };
+            let tasks = dump.tasks().iter().count();
+            let _ = writeln!(out, "\nruntime {index} ({flavor}): {tasks} task(s)");
+            for task in dump.tasks().iter() {
+                if truncated || out.len() >= MAX_TASK_DUMP_BYTES {
+                    truncated = true;
+                    break;
+                }
+                let _ = writeln!(out, "\ntask {}:\n{}", task.id(), task.trace());
+                shown += 1;
+            }
+        }
+        if truncated {
+            let _ = writeln!(
+                out,
+                "\n[observe: {} more task(s) not shown: the dump is capped at {} MiB]",
+                total - shown,
+                MAX_TASK_DUMP_BYTES / (1024 * 1024)
+            );
+        }
+        Ok(out.into_bytes())
+    }
+
+    /// Tasks queued to run on a multi-thread runtime: on its workers' local queues and on the
+    /// global queue they refill those from (a current-thread runtime traces its own queue in
+    /// place: 0).
+    fn queued_on_workers(handle: &tokio::runtime::Handle) -> usize {
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return 0;
+        }
+        let metrics = handle.metrics();
+        let local: usize = (0..metrics.num_workers())
+            .map(|worker| metrics.worker_local_queue_depth(worker))
+            .sum();
+        local + metrics.global_queue_depth()
+    }
+
+    /// The most tasks queued on a multi-thread runtime's workers a dump starts with: half of
+    /// the 128 tokio's dump can gather, leaving room for tasks queued while it starts.
+    const MAX_QUEUED_FOR_A_DUMP: usize = 64;
+
+    /// How long a dump waits for the workers' queues to drain below [`MAX_QUEUED_FOR_A_DUMP`].
+    const QUEUE_SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 }
