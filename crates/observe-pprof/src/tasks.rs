@@ -82,9 +82,11 @@ mod traced {
     use std::fmt::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc::{self, RecvTimeoutError};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use tokio::runtime::{Handle, RuntimeFlavor};
+    use tokio::runtime::{Dump, Handle, RuntimeFlavor};
+    use tokio::task::Id;
 
     use super::{MAX_TASK_DUMP_BYTES, TASK_DUMP_TIMEOUT};
     use crate::error::PprofError;
@@ -93,6 +95,7 @@ mod traced {
     /// as text. Blocks up to [`TASK_DUMP_TIMEOUT`]; stops early once `cancel` is set.
     pub(crate) fn dump(cancel: &AtomicBool) -> Result<Vec<u8>, PprofError> {
         let started = Instant::now();
+        let outstanding = Outstanding::claim()?;
         let mut runtimes = observe_core::runtime::watched_runtimes();
         if runtimes.is_empty() {
             runtimes.extend(Handle::try_current().ok());
@@ -102,6 +105,15 @@ mod traced {
                 "no tokio runtime to dump: serve /debug/pprof/tasks from a tokio runtime"
                     .to_owned(),
             ));
+        }
+        // A multi-thread runtime traces once every worker has reached a safe point, and a
+        // current-thread one once its worker runs the dump's task: with a stalled worker the
+        // dump would be outstanding for as long as the stall.
+        let stalled = observe_core::runtime::stalled_workers();
+        if stalled > 0 {
+            return Err(PprofError::TaskDumpTimeout(format!(
+                "{stalled} worker thread(s) have been running one task for 0.1 s or more (see tokio_worker_current_stall_seconds on /metrics); a task dump waits for every worker, so none was taken: retry when the stall has ended"
+            )));
         }
         // tokio's multi-thread dump first moves every task queued on the workers into one
         // bounded queue, and spins forever once more than 128 are queued (tokio 1.54's
@@ -123,18 +135,24 @@ mod traced {
             )));
         }
         let (answers, answered) = mpsc::channel();
+        // The dump's own tasks, left out of it with the runtimes' watch tasks.
+        let mut ours: Vec<Id> = Vec::with_capacity(runtimes.len());
         for (index, handle) in runtimes.iter().enumerate() {
             let answers = answers.clone();
+            let outstanding = outstanding.clone();
             // A current-thread runtime can only be traced from a task of its own; a multi-thread
             // one traces from a thread tokio starts for the purpose.
-            handle.spawn(async move {
+            let task = handle.spawn(async move {
                 let dump = Handle::current().dump().await;
+                drop(outstanding);
                 let _ = answers.send((index, dump));
             });
+            ours.push(task.id());
         }
         drop(answers);
+        drop(outstanding);
         let deadline = started + TASK_DUMP_TIMEOUT;
-        let mut dumps: Vec<Option<tokio::runtime::Dump>> = runtimes.iter().map(|_| None).collect();
+        let mut dumps: Vec<Option<Dump>> = runtimes.iter().map(|_| None).collect();
         let mut waiting = runtimes.len();
         while waiting > 0 {
             if cancel.load(Ordering::Relaxed) {
@@ -155,15 +173,16 @@ mod traced {
         }
         if waiting == runtimes.len() {
             return Err(PprofError::TaskDumpTimeout(format!(
-                "no tokio runtime answered the task dump within {} s: a worker thread is blocked (see tokio_worker_current_stall_seconds on /metrics)",
+                "no tokio runtime answered the task dump within {} s: a worker thread is blocked (see tokio_worker_current_stall_seconds on /metrics); the dump waits for it, and another is refused until it ends",
                 TASK_DUMP_TIMEOUT.as_secs()
             )));
         }
         let traced = started.elapsed();
+        ours.extend(observe_core::runtime::watch_tasks());
         let total: usize = dumps
             .iter()
             .flatten()
-            .map(|d| d.tasks().iter().count())
+            .map(|d| listed(d, &ours).count())
             .sum();
         let mut out = String::new();
         let _ = writeln!(
@@ -184,14 +203,14 @@ mod traced {
             let Some(dump) = dump else {
                 let _ = writeln!(
                     out,
-                    "\nruntime {index} ({flavor}): no answer within {} s, a worker is blocked",
+                    "\nruntime {index} ({flavor}): no answer within {} s, a worker is blocked (the dump waits for it, and another is refused until it ends)",
                     TASK_DUMP_TIMEOUT.as_secs()
                 );
                 continue;
             };
-            let tasks = dump.tasks().iter().count();
+            let tasks = listed(dump, &ours).count();
             let _ = writeln!(out, "\nruntime {index} ({flavor}): {tasks} task(s)");
-            for task in dump.tasks().iter() {
+            for task in listed(dump, &ours) {
                 if truncated || out.len() >= MAX_TASK_DUMP_BYTES {
                     truncated = true;
                     break;
@@ -209,6 +228,47 @@ mod traced {
             );
         }
         Ok(out.into_bytes())
+    }
+
+    /// The tasks of `dump` a user sees: all but observe's own (`ours`: the dump's, and those
+    /// that only wait for their runtime to shut down, see `observe_core::runtime`).
+    fn listed<'a>(
+        dump: &'a Dump,
+        ours: &'a [Id],
+    ) -> impl Iterator<Item = &'a tokio::runtime::dump::Task> {
+        dump.tasks()
+            .iter()
+            .filter(|task| !ours.contains(&task.id()))
+    }
+
+    /// Set while a dump's tasks are out on the runtimes. A multi-thread runtime's dump that
+    /// waits for a blocked worker is not idle: tokio's trace request keeps every healthy
+    /// worker waiting up to 250 ms at each of its checks, and a second request spins on a
+    /// thread of its own until the first is done. A dump that gave up waiting leaves its tasks
+    /// behind, so the next one is refused until they end.
+    static OUTSTANDING: AtomicBool = AtomicBool::new(false);
+
+    /// A dump's hold on [`OUTSTANDING`], shared with the tasks it spawns: the last of them to
+    /// finish clears it, and so does tokio dropping them when their runtime shuts down.
+    struct Outstanding(());
+
+    impl Outstanding {
+        fn claim() -> Result<Arc<Outstanding>, PprofError> {
+            OUTSTANDING
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .map(|_| Arc::new(Outstanding(())))
+                .map_err(|_| {
+                    PprofError::TaskDumpTimeout(
+                        "a previous task dump is still waiting for a blocked worker (see tokio_worker_current_stall_seconds on /metrics); another would only add to the wait: retry once it has ended".to_owned(),
+                    )
+                })
+        }
+    }
+
+    impl Drop for Outstanding {
+        fn drop(&mut self) {
+            OUTSTANDING.store(false, Ordering::Release);
+        }
     }
 
     /// Tasks queued to run on a multi-thread runtime: on its workers' local queues and on the
@@ -231,4 +291,92 @@ mod traced {
 
     /// How long a dump waits for the workers' queues to drain below [`MAX_QUEUED_FOR_A_DUMP`].
     const QUEUE_SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::cpu::one_profiling_test_at_a_time;
+
+        fn multi_thread() -> tokio::runtime::Runtime {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            assert!(rt.block_on(async { observe_core::runtime::watch_current() }));
+            rt
+        }
+
+        /// Whether `done` holds within 2 s.
+        fn within_2s(done: impl Fn() -> bool) -> bool {
+            (0..1000).any(|_| {
+                std::thread::sleep(Duration::from_millis(2));
+                done()
+            })
+        }
+
+        #[test]
+        fn the_dump_lists_the_service_s_tasks_and_leaves_observes_own_out() {
+            let _serial = one_profiling_test_at_a_time();
+            let rt = multi_thread();
+            let ours = observe_core::runtime::watch_tasks();
+            assert_eq!(ours.len(), 1);
+            for _ in 0..3 {
+                rt.spawn(std::future::pending::<()>());
+            }
+            let text = String::from_utf8(dump(&AtomicBool::new(false)).unwrap()).unwrap();
+            assert!(
+                text.starts_with("tokio task dump: 1 runtime(s), 3 task(s)"),
+                "{text}"
+            );
+            assert!(!text.contains(&format!("\ntask {}:", ours[0])), "{text}");
+        }
+
+        #[test]
+        fn a_stalled_worker_refuses_the_dump_and_says_where_to_look() {
+            let _serial = one_profiling_test_at_a_time();
+            let rt = multi_thread();
+            let blocked = rt.spawn(async { std::thread::sleep(Duration::from_millis(800)) });
+            assert!(within_2s(|| observe_core::runtime::stalled_workers() > 0));
+            let refused = dump(&AtomicBool::new(false)).unwrap_err();
+            assert_eq!(refused.status(), 503);
+            assert!(
+                refused
+                    .to_string()
+                    .contains("see tokio_worker_current_stall_seconds on /metrics"),
+                "{refused}"
+            );
+            rt.block_on(blocked).unwrap();
+            // Refused before anything was asked of tokio: nothing is left waiting.
+            assert!(within_2s(|| observe_core::runtime::stalled_workers() == 0));
+            assert!(dump(&AtomicBool::new(false)).is_ok());
+        }
+
+        #[test]
+        fn a_dump_still_waiting_for_a_runtime_refuses_the_next_until_its_task_ends() {
+            let _serial = one_profiling_test_at_a_time();
+            // A runtime nothing drives, as if its one worker were blocked: a dump's task waits
+            // in its queue.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let entered = rt.enter();
+            // Cancelled: it returns at once and leaves its task behind.
+            let gave_up = dump(&AtomicBool::new(true));
+            assert!(matches!(gave_up, Err(PprofError::Cancelled)), "{gave_up:?}");
+            let refused = dump(&AtomicBool::new(false)).unwrap_err();
+            assert_eq!(refused.status(), 503);
+            assert!(
+                refused
+                    .to_string()
+                    .starts_with("a previous task dump is still waiting for a blocked worker"),
+                "{refused}"
+            );
+            // tokio drops the waiting task with its runtime: the next dump gets past the check
+            // (and finds no runtime here).
+            drop(entered);
+            drop(rt);
+            let next = dump(&AtomicBool::new(false)).unwrap_err();
+            assert!(matches!(next, PprofError::TasksUnavailable(_)), "{next}");
+        }
+    }
 }
