@@ -58,7 +58,7 @@ pub(crate) fn availability() -> Result<(), PprofError> {
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-pub(crate) use traced::dump;
+pub(crate) use traced::{alive, dump};
 
 /// This build cannot trace tasks; [`availability`] says why.
 #[cfg(not(all(
@@ -69,6 +69,17 @@ pub(crate) use traced::dump;
 )))]
 pub(crate) fn dump(_cancel: &std::sync::atomic::AtomicBool) -> Result<Vec<u8>, PprofError> {
     availability().map(|()| Vec::new())
+}
+
+/// This build cannot trace tasks: a dump would hold none.
+#[cfg(not(all(
+    tokio_unstable,
+    feature = "taskdump",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+pub(crate) fn alive() -> usize {
+    0
 }
 
 /// The dump, in the builds that can take one.
@@ -90,6 +101,15 @@ mod traced {
 
     use super::{MAX_TASK_DUMP_BYTES, TASK_DUMP_TIMEOUT};
     use crate::error::PprofError;
+
+    /// The tasks a dump would hold now: those of the watched runtimes (observe's left out), or
+    /// when none is watched, of the runtime this thread belongs to.
+    pub(crate) fn alive() -> usize {
+        if observe_core::runtime::watched_runtimes().is_empty() {
+            return Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
+        }
+        observe_core::runtime::alive_tasks()
+    }
 
     /// Dumps every watched runtime (or, when none is watched, the one this thread belongs to)
     /// as text. Blocks up to [`TASK_DUMP_TIMEOUT`]; stops early once `cancel` is set.
