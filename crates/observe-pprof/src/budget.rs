@@ -5,6 +5,9 @@
 //! most [`MAX_DEPTH`] frames, symbolizing reads the symbol tables of the modules mapped in
 //! the process, and encoding holds about as much again as the stacks. The examples need
 //! ~2 MiB in practice (`docs/performance.md`); their worst case is ~24 MiB.
+//!
+//! A task dump holds a trace of every task, so it is counted from the tasks alive when it is
+//! asked for, at [`TASK`] each.
 
 use crate::error::PprofError;
 use crate::sampler::{MAX_DEPTH, MAX_STACKS};
@@ -22,6 +25,11 @@ const STACK: u64 = (MAX_DEPTH as u64) * 8 + 64;
 /// encoding (a dump of the examples is ~100 KiB).
 const HEAP_DUMP: u64 = 8 * MIB;
 
+/// A task in a task dump: tokio's trace of it, its symbolized frames and its text. 10,000 idle
+/// tasks added ~7 MiB to a release build (`docs/performance.md`), ~0.7 KiB a task; counted
+/// about three times that, for tasks awaiting deeper than an idle one.
+const TASK: u64 = 2 * 1024;
+
 /// What a CPU profile needs at worst.
 pub(crate) fn cpu_profile() -> u64 {
     let stacks = MAX_STACKS as u64 * STACK;
@@ -31,6 +39,12 @@ pub(crate) fn cpu_profile() -> u64 {
 /// What a heap profile needs at worst.
 pub(crate) fn heap_profile() -> u64 {
     HEAP_DUMP + crate::symbols::table_bytes()
+}
+
+/// What a task dump of `tasks` tasks needs. (A build with debug info also loads it, on the
+/// first dump, and keeps it: not counted here, it is not the dump's.)
+pub(crate) fn task_dump(tasks: usize) -> u64 {
+    tasks as u64 * TASK
 }
 
 /// `Ok` when `need` fits in `budget`.

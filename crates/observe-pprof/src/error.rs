@@ -49,7 +49,8 @@ pub enum PprofError {
     /// Task dumps are not available in this binary; the message says which flags to build with.
     #[error("{0}")]
     TasksUnavailable(String),
-    /// No runtime answered a task dump in time (a worker thread is blocked).
+    /// No task dump now: no runtime answered in time, or one would not (a worker is stalled,
+    /// an earlier dump still waits for one, too many tasks are queued); the message says which.
     #[error("{0}")]
     TaskDumpTimeout(String),
     /// The profile could need more memory than the configured budget allows.

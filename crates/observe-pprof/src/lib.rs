@@ -197,10 +197,10 @@ impl PprofBuilder {
         Ok(self)
     }
 
-    /// What a CPU or heap profile may add to the process's memory at worst (default
-    /// 32 MiB). A request whose worst case would not fit is answered `503` with the figures,
-    /// so that profiling a small container never gets it killed; `docs/pprof.md` gives the
-    /// worst case and what profiles use in practice.
+    /// What a CPU or heap profile or a task dump may add to the process's memory at worst
+    /// (default 32 MiB). A request whose worst case would not fit is answered `503` with the
+    /// figures, so that profiling a small container never gets it killed; `docs/pprof.md`
+    /// gives the worst case and what profiles use in practice.
     pub fn memory_budget(mut self, bytes: u64) -> Self {
         self.config.memory_budget = bytes;
         self
@@ -271,7 +271,11 @@ impl Pprof {
                 }
             }
             "tasks" => {
-                if let Err(e) = tasks::availability() {
+                let budget = self.config.memory_budget;
+                let alive = tasks::alive();
+                let need = budget::task_dump(alive);
+                let fits = budget::check(&format!("task dump of {alive} tasks"), need, budget);
+                if let Err(e) = tasks::availability().and(fits) {
                     return Handled::Ready(e.into());
                 }
                 // The same single-flight guard as CPU profiles: one profiling job at a time.
@@ -530,6 +534,39 @@ mod tests {
         let _serial = cpu::one_profiling_test_at_a_time();
         assert!(matches!(
             Pprof::new().handle(&local(), "profile", Some("seconds=1")),
+            Handled::Blocking(_)
+        ));
+    }
+
+    #[cfg(all(
+        tokio_unstable,
+        feature = "taskdump",
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    #[test]
+    fn a_task_dump_whose_tasks_exceed_the_memory_budget_is_503_with_the_count() {
+        let _serial = cpu::one_profiling_test_at_a_time();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(observe_core::runtime::watch(rt.handle().clone()));
+        for _ in 0..1000 {
+            rt.spawn(std::future::pending::<()>());
+        }
+        let pprof = Pprof::builder().memory_budget(1024 * 1024).build();
+        let r = ready(pprof.handle(&local(), "tasks", None));
+        assert_eq!(r.status, 503, "{}", r.body_text());
+        assert_eq!(
+            r.body_text(),
+            "a task dump of 1000 tasks may need up to 2.0 MiB here, more than the 1.0 MiB \
+             memory budget; raise it with Pprof::builder().memory_budget(bytes) if the process \
+             can afford it\n"
+        );
+        assert!(has_go_pprof_header(&r));
+        // The default budget fits them.
+        assert!(matches!(
+            Pprof::new().handle(&local(), "tasks", None),
             Handled::Blocking(_)
         ));
     }

@@ -10,7 +10,7 @@ const WORKER: &str = "worker";
 /// `(name, type, help, per worker)` of every family, in exposition order.
 const FAMILIES: &[(&str, MetricType, &str, bool)] = &[
     ("tokio_workers", MetricType::GAUGE, "Worker threads of the watched tokio runtimes.", false),
-    ("tokio_alive_tasks", MetricType::GAUGE, "Tasks alive in the watched tokio runtimes (spawned, not yet finished); tasks of an actix-web worker's LocalSet (actix_web::rt::spawn) are not counted.", false),
+    ("tokio_alive_tasks", MetricType::GAUGE, "Tasks alive in the watched tokio runtimes (spawned, not yet finished), observe's own left out; tasks of an actix-web worker's LocalSet (actix_web::rt::spawn) are not counted.", false),
     ("tokio_global_queue_depth", MetricType::GAUGE, "Tasks waiting in the runtimes' global (injection) queues.", false),
     ("tokio_worker_busy_seconds_total", MetricType::COUNTER, "Time the worker spent running tasks, published by tokio when it parks and every 61 polls.", true),
     ("tokio_worker_parks_total", MetricType::COUNTER, "Times the worker parked, waiting for work.", true),
@@ -21,7 +21,7 @@ const FAMILIES: &[(&str, MetricType, &str, bool)] = &[
     #[cfg(tokio_unstable)]
     ("tokio_worker_local_queue_depth", MetricType::GAUGE, "Tasks in the worker's local queue (tokio_unstable builds).", true),
     #[cfg(tokio_unstable)]
-    ("tokio_spawned_tasks_total", MetricType::COUNTER, "Tasks spawned on the watched runtimes (tokio_unstable builds).", false),
+    ("tokio_spawned_tasks_total", MetricType::COUNTER, "Tasks spawned on the watched runtimes, those that shut down included, observe's own left out (tokio_unstable builds).", false),
     #[cfg(tokio_unstable)]
     ("tokio_blocking_threads", MetricType::GAUGE, "Threads of the runtimes' blocking pools (tokio_unstable builds).", false),
 ];
@@ -89,24 +89,27 @@ impl Collector for RuntimeCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let watched = watched();
-        if watched.is_empty() {
+        if watched.runtimes.is_empty() {
             return Vec::new();
         }
         let mut values: Vec<Vec<Metric>> = vec![Vec::new(); FAMILIES.len()];
         let mut totals = [0f64; FAMILIES.len()];
-        let mut worker = 0;
-        for runtime in watched.iter() {
+        #[cfg(tokio_unstable)]
+        {
+            totals[9] = watched.retired_spawned_tasks as f64;
+        }
+        for runtime in watched.runtimes.iter() {
             let m = runtime.handle.metrics();
             totals[0] += m.num_workers() as f64;
-            totals[1] += m.num_alive_tasks() as f64;
+            totals[1] += runtime.alive_tasks() as f64;
             totals[2] += m.global_queue_depth() as f64;
             #[cfg(tokio_unstable)]
             {
-                totals[9] += m.spawned_tasks_count() as f64;
+                totals[9] += runtime.spawned_tasks() as f64;
                 totals[10] += m.num_blocking_threads() as f64;
             }
             for (index, watch) in runtime.workers.iter().enumerate() {
-                let w = Some(worker);
+                let w = Some(watch.number);
                 let busy = m.worker_total_busy_duration(index).as_secs_f64();
                 values[3].push(counter(busy, w));
                 values[4].push(counter(m.worker_park_count(index) as f64, w));
@@ -117,7 +120,6 @@ impl Collector for RuntimeCollector {
                     values[7].push(counter(m.worker_poll_count(index) as f64, w));
                     values[8].push(gauge(m.worker_local_queue_depth(index) as f64, w));
                 }
-                worker += 1;
             }
         }
         drop(watched);

@@ -23,7 +23,7 @@ pub(super) fn start() {
 
 /// One look at every worker of every watched runtime.
 pub(super) fn tick(now: Instant) {
-    for runtime in watched().iter_mut() {
+    for runtime in watched().runtimes.iter_mut() {
         let metrics = runtime.handle.metrics();
         for (index, worker) in runtime.workers.iter_mut().enumerate() {
             worker.observe(
