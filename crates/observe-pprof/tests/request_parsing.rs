@@ -99,7 +99,7 @@ fn authorization(token: String) -> impl Strategy<Value = String> {
     prop_oneof![
         (
             proptest::sample::select(vec![
-                "Bearer ", "bearer ", "BEARER ", "Basic ", "Bearer", ""
+                "Bearer ", "bearer ", "BEARER ", "bEaReR ", "Basic ", "Bearer", "Bearer\t", ""
             ]),
             "[ \t]{0,2}",
             "[ \t]{0,2}",
@@ -110,13 +110,14 @@ fn authorization(token: String) -> impl Strategy<Value = String> {
     ]
 }
 
-/// Whether the bearer rule should let `header` in: scheme `Bearer ` or `bearer `, then the
-/// token, surrounding whitespace ignored.
+/// Whether the bearer rule should let `header` in: the scheme `Bearer` in any case and a
+/// space, then the token, surrounding whitespace ignored.
 fn bearer_model(header: &str, token: &str) -> bool {
+    let header = header.trim_start();
     header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .is_some_and(|given| given.trim() == token)
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+        && header[7..].trim() == token
 }
 
 proptest! {
