@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each step's header says how long the suite has run: where CI's minutes go.
+step() { echo "== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
+
 # Debian packages the tests need, keyed by the command that proves each is installed.
 declare -A packages=(
   [promtool]=prometheus
@@ -45,14 +48,14 @@ if ! python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
   fi
 fi
 
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all --check
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 # The workspace build above unifies features, so a crate that breaks with a feature set a user
 # can pick (observe-tower without axum, with tonic only, observe-actix without pprof) would go
 # unseen: lint each library alone with each of its feature sets (every feature alone, and none).
-echo "== cargo clippy, each feature set of each library"
+step "cargo clippy, each feature set of each library"
 for spec in observe-core: observe-core:runtime-metrics \
   observe-pprof: observe-pprof:jemalloc-heap-profile observe-pprof:taskdump \
   observe-tower: observe-tower:axum observe-tower:tonic observe-tower:pprof \
@@ -67,21 +70,22 @@ done
 # `--cfg tokio_unstable` compiles code no other build sees (tokio's unstable metrics, the task
 # dump): lint it, in a target directory of its own so the main build is not invalidated.
 taskdump_target="${CARGO_TARGET_DIR:-target}/taskdump"
-echo "== cargo clippy, --cfg tokio_unstable (in $taskdump_target)"
+step "cargo clippy, --cfg tokio_unstable (in $taskdump_target)"
 RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
   cargo clippy -q -p observe-core -p observe-pprof -p observe-tower -p observe-actix \
   -p example-axum -p example-actix -- -D warnings
-echo "== cargo doc"
+step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features
-echo "== build the examples the end-to-end tests start"
+step "build the examples the end-to-end tests start"
 cargo build --workspace --bins
 # integration-tests/tests/pprof_memory.rs measures what a profile costs a release build;
 # load_and_faults.rs and slow_clients.rs put the release builds under load and hostile clients.
-echo "== build the release examples the memory, load and slow-client tests run"
+step "build the release examples the memory, load and slow-client tests run"
 cargo build --release -p example-axum -p example-actix
 # integration-tests/tests/runtime.rs dumps the tasks of examples built with tokio's task dump.
-echo "== build the examples with tokio's task dump (--cfg tokio_unstable, in $taskdump_target)"
+step "build the examples with tokio's task dump (--cfg tokio_unstable, in $taskdump_target)"
 RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
   cargo build -p example-axum -p example-actix
-echo "== cargo test"
+step "cargo test"
 cargo test --workspace
+step "all passed"
