@@ -68,12 +68,14 @@ for spec in observe-core: observe-core:runtime-metrics \
   cargo clippy -q -p "$package" --no-default-features ${features:+--features "$features"} -- -D warnings
 done
 # `--cfg tokio_unstable` compiles code no other build sees (tokio's unstable metrics, the task
-# dump): lint it, in a target directory of its own so the main build is not invalidated.
+# dump, all in observe-core and observe-pprof): lint it and run its unit tests (further down),
+# in a target directory of its own so the main build is not invalidated.
 taskdump_target="${CARGO_TARGET_DIR:-target}/taskdump"
+unstable_features="observe-core/runtime-metrics,observe-pprof/taskdump"
 step "cargo clippy, --cfg tokio_unstable (in $taskdump_target)"
 RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
-  cargo clippy -q -p observe-core -p observe-pprof -p observe-tower -p observe-actix \
-  -p example-axum -p example-actix -- -D warnings
+  cargo clippy -q -p observe-core -p observe-pprof --all-targets --features "$unstable_features" \
+  -- -D warnings
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features
 step "build the examples the end-to-end tests start"
@@ -86,6 +88,9 @@ cargo build --release -p example-axum -p example-actix
 step "build the examples with tokio's task dump (--cfg tokio_unstable, in $taskdump_target)"
 RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
   cargo build -p example-axum -p example-actix
+step "cargo test, --cfg tokio_unstable: observe-core's and observe-pprof's unit tests (in $taskdump_target)"
+RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
+  cargo test -q -p observe-core -p observe-pprof --lib --features "$unstable_features"
 step "cargo test"
 cargo test --workspace
 step "all passed"

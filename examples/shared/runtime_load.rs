@@ -1,25 +1,49 @@
 //! What the runtime metrics and the task dump are shown with: idle tasks, and a handler that
-//! blocks its worker thread. Both examples serve them the same way.
+//! blocks its worker thread. Both examples serve them the same way. They are demonstrations,
+//! bounded so that a client cannot take the example down with them; a real service has no
+//! such routes.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// The most idle tasks one request may spawn.
+/// The most idle tasks alive at once, all requests together.
 pub(crate) const MAX_IDLE_TASKS: usize = 100_000;
 
-/// Spawns `n` tasks on the current tokio runtime (as `tokio::spawn` does, so tokio counts
-/// them) that wait `seconds` on a timer and end.
-pub(crate) fn spawn_idle_tasks(n: usize, seconds: u64) -> usize {
-    let n = n.min(MAX_IDLE_TASKS);
-    let wait = Duration::from_secs(seconds.min(3600));
-    for _ in 0..n {
-        tokio::spawn(idle_task(wait));
+/// Idle tasks alive now.
+static IDLE_TASKS: AtomicUsize = AtomicUsize::new(0);
+
+/// One idle task's place under [`MAX_IDLE_TASKS`], given back when the task ends or is
+/// dropped unpolled.
+struct Place;
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        IDLE_TASKS.fetch_sub(1, Ordering::AcqRel);
     }
-    n
+}
+
+/// Spawns up to `n` tasks on the current tokio runtime (as `tokio::spawn` does, so tokio
+/// counts them) that wait `seconds` on a timer and end; fewer when [`MAX_IDLE_TASKS`] are
+/// alive. Returns how many it spawned.
+pub(crate) fn spawn_idle_tasks(n: usize, seconds: u64) -> usize {
+    let wait = Duration::from_secs(seconds.min(3600));
+    let mut spawned = 0;
+    while spawned < n
+        && IDLE_TASKS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |alive| {
+                (alive < MAX_IDLE_TASKS).then_some(alive + 1)
+            })
+            .is_ok()
+    {
+        tokio::spawn(idle_task(wait, Place));
+        spawned += 1;
+    }
+    spawned
 }
 
 /// An idle task: the task dump shows it waiting in `tokio::time::sleep` under this name.
 #[inline(never)]
-async fn idle_task(wait: Duration) {
+async fn idle_task(wait: Duration, _place: Place) {
     tokio::time::sleep(wait).await;
 }
 
