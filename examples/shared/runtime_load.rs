@@ -6,6 +6,27 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use serde::Deserialize;
+
+/// `GET /idle-tasks?n=..&seconds=..`: how many idle tasks, waiting how long (default 60 s).
+#[derive(Deserialize)]
+pub(crate) struct IdleParams {
+    pub(crate) n: usize,
+    #[serde(default = "default_idle_seconds")]
+    pub(crate) seconds: u64,
+}
+
+fn default_idle_seconds() -> u64 {
+    60
+}
+
+/// `GET /block?ms=..`: how long to block the worker.
+#[derive(Deserialize)]
+pub(crate) struct BlockParams {
+    #[serde(default)]
+    pub(crate) ms: u64,
+}
+
 /// The most idle tasks alive at once, all requests together.
 pub(crate) const MAX_IDLE_TASKS: usize = 100_000;
 

@@ -848,7 +848,8 @@ impl observe_core::prometheus::core::Collector for Gate {
 /// flight (the next is refused again) until the gate opens; then scrapes answer `200`, and the
 /// handler's own counters say 3 × `503` and no `200` before that one's.
 pub async fn check_scrape_limits(base_url: &str, service: &str, gate: &Gate) {
-    let scrape = || async {
+    /// `GET /metrics`: the status and the body.
+    async fn scrape_answer(base_url: String) -> (u16, String) {
         let answer = client()
             .get(format!("{base_url}/metrics"))
             .timeout(Duration::from_secs(10))
@@ -857,20 +858,9 @@ pub async fn check_scrape_limits(base_url: &str, service: &str, gate: &Gate) {
             .expect("scrape");
         let status = answer.status().as_u16();
         (status, answer.text().await.expect("body"))
-    };
-    let held = tokio::spawn({
-        let base_url = base_url.to_owned();
-        async move {
-            let answer = client()
-                .get(format!("{base_url}/metrics"))
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-                .expect("held scrape");
-            let status = answer.status().as_u16();
-            (status, answer.text().await.expect("body"))
-        }
-    });
+    }
+    let scrape = || scrape_answer(base_url.to_owned());
+    let held = tokio::spawn(scrape_answer(base_url.to_owned()));
     // Once the held scrape waits in the gate, the next one is refused at once.
     for _ in 0..500 {
         if gate.arrived() == 1 {

@@ -219,16 +219,11 @@ impl Owner {
 }
 
 impl State {
-    /// Counts a request to `route` in flight; `false` (and nothing counted) if the route is
-    /// excluded.
+    /// Counts a request in flight (its route is one that is recorded).
     #[inline]
-    pub(crate) fn count_start(&self, method: MethodLabel, route: RouteId) -> bool {
-        if route.is_excluded() {
-            return false;
-        }
+    pub(crate) fn count_start(&self, method: MethodLabel) {
         let shard = Shard::current();
         shard.add(&self.requests[shard.index()].started[method.index()], 1);
-        true
     }
 
     /// Requests of `method` in flight; `None` if none ever started.

@@ -134,33 +134,16 @@ async fn work(Query(p): Query<WorkParams>) -> String {
     format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
 }
 
-#[derive(Deserialize)]
-struct IdleParams {
-    n: usize,
-    #[serde(default = "default_idle_seconds")]
-    seconds: u64,
-}
-
-fn default_idle_seconds() -> u64 {
-    60
-}
-
-/// Spawns `n` tasks (at most 100,000) that sleep `seconds` (default 60, at most 3600): they
+/// Spawns `n` tasks (at most 100,000 alive at once) that sleep `seconds` (default 60, at most 3600): they
 /// show in `tokio_alive_tasks` and in `/debug/pprof/tasks`.
-async fn idle_tasks(Query(p): Query<IdleParams>) -> String {
+async fn idle_tasks(Query(p): Query<runtime_load::IdleParams>) -> String {
     let n = runtime_load::spawn_idle_tasks(p.n, p.seconds);
     format!("spawned {n} idle tasks\n")
 }
 
-#[derive(Deserialize)]
-struct BlockParams {
-    #[serde(default)]
-    ms: u64,
-}
-
 /// The mistake to catch: blocks the worker thread with `std::thread::sleep` for `ms`
 /// milliseconds (at most 10 s) instead of awaiting. `tokio_worker_current_stall_seconds` shows it.
-async fn block(Query(p): Query<BlockParams>) -> String {
+async fn block(Query(p): Query<runtime_load::BlockParams>) -> String {
     format!(
         "blocked a worker for {} ms\n",
         runtime_load::block_worker(p.ms)
