@@ -137,17 +137,10 @@ impl MetricsEncoder {
         })
     }
 
-    /// How long an adapter lets an admitted scrape encode before answering [`timed_out`].
-    ///
-    /// [`timed_out`]: Self::timed_out
+    /// How long an adapter lets an admitted scrape encode before answering the timeout's
+    /// `503` ([`conclude`](Self::conclude) with `None`).
     pub fn scrape_timeout(&self) -> Duration {
         self.limits().timeout
-    }
-
-    /// The `503` for a scrape whose encoding outlived [`scrape_timeout`](Self::scrape_timeout)
-    /// (it goes on in the background and still counts in flight until it ends); counted.
-    pub fn timed_out(&self) -> Answer {
-        self.conclude(None)
     }
 }
 
@@ -244,7 +237,7 @@ mod tests {
         let answer = encoder.conclude(Some(Ok(second.respond(None, None))));
         assert_eq!(answer.status, 200);
         assert_eq!(encoder.respond(None, None).status, 200);
-        assert_eq!(encoder.timed_out().status, 503);
+        assert_eq!(encoder.conclude(None).status, 503);
         // Admitted, encoded after its timeout was answered: only the 503 was sent and counted.
         let late = encoder.admit().unwrap();
         assert_eq!(encoder.conclude(None).status, 503);
