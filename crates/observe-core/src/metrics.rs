@@ -15,7 +15,7 @@ use crate::record::RequestRecord;
 use crate::routes::RouteId;
 use crate::scrape::ScrapeLimits;
 use crate::state::{with_state, Owner, State};
-use crate::trace::{self, TraceContext, TraceHeaders};
+use crate::trace::{self, TraceHeaders};
 
 /// One service's HTTP metric families, registered on a [`Registry`].
 ///
@@ -146,7 +146,18 @@ impl MetricsId {
     /// [`RequestRecord::set_route`] then.
     #[inline]
     pub fn start(self, method: &str, template: Option<&str>) -> Option<RequestRecord> {
-        self.begin(method, template, |_| None)
+        // Not a shared path with `start_with`: carrying the (empty) trace through one measured
+        // 657 instructions a request against 645 here (callgrind, 2026-12-01), on the path
+        // every request without headers to read takes.
+        let method = MethodLabel::from_method(method);
+        let route = with_state(self.0, |state| {
+            let route = state.routes.resolve(template);
+            (!route.is_excluded()).then(|| {
+                state.count_start(method);
+                route
+            })
+        })??;
+        Some(RequestRecord::new(self.0, method, route, None))
     }
 
     /// [`start`](Self::start) for a request with these `headers`: a sampled trace in them
@@ -160,31 +171,19 @@ impl MetricsId {
         template: Option<&str>,
         headers: &impl TraceHeaders,
     ) -> Option<RequestRecord> {
-        self.begin(method, template, |state| {
-            state
-                .exemplars
-                .then(|| trace::extract(state.trace_hook.as_ref(), headers))
-                .flatten()
-        })
-    }
-
-    /// Both starts: `trace` reads the request's trace context, only for a route that is
-    /// recorded (an excluded one, `/metrics`, has its headers left unread), and before the
-    /// start is counted (a trace hook that panics leaves no request in flight for ever).
-    #[inline]
-    fn begin(
-        self,
-        method: &str,
-        template: Option<&str>,
-        trace: impl FnOnce(&State) -> Option<TraceContext>,
-    ) -> Option<RequestRecord> {
         let method = MethodLabel::from_method(method);
         let (route, trace) = with_state(self.0, |state| {
             let route = state.routes.resolve(template);
+            // An excluded route (`/metrics`) is not recorded: its headers are not read.
             if route.is_excluded() {
                 return None;
             }
-            let trace = trace(state);
+            // Read before the start is counted: a trace hook that panics leaves no request in
+            // flight for ever.
+            let trace = state
+                .exemplars
+                .then(|| trace::extract(state.trace_hook.as_ref(), headers))
+                .flatten();
             state.count_start(method);
             Some((route, trace))
         })??;
