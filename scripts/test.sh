@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the real tools the tests drive
-# (Prometheus, promtool, Alertmanager, go tool pprof, Chromium, Python's prometheus_client),
-# then formatting, lints,
-# and every test in the workspace. `.ci/run` calls exactly this.
+# (Prometheus, promtool, Alertmanager, go tool pprof, Chromium, Python's prometheus_client,
+# cargo-nextest), then formatting, lints, and every test in the workspace. `.ci/run` calls
+# exactly this.
+#
+# Three builds of the dependency graph, each used by every step that can share it:
+#   target/          the dev profile: clippy's checks, then one build of every test and of
+#                    the examples they start (dev-dependencies' features unified, so both
+#                    share every artifact), the doc tests;
+#   target/unstable  `--cfg tokio_unstable` (tokio's unstable metrics and task dump): the
+#                    lint and unit tests of the two crates with such code, and the release
+#                    examples that the load, memory, slow-client and task-dump tests run.
+# Tests run with cargo-nextest, a process each, many at once (.config/nextest.toml keeps the
+# ones that load or measure the machine apart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +58,21 @@ if ! python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
   fi
 fi
 
+# cargo-nextest runs the tests (it needs no root: cargo installs it into ~/.cargo/bin).
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest (crates.io)"
+  cargo install --locked --quiet cargo-nextest
+fi
+
+target="${CARGO_TARGET_DIR:-target}"
+unstable_target="$target/unstable"
+unstable_features="observe-core/runtime-metrics,observe-pprof/taskdump"
+# Runs cargo in the `--cfg tokio_unstable` build (its own target directory, so the main build
+# is not invalidated).
+unstable() { RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$unstable_target" cargo "$@"; }
+
+step "cargo fetch"
+cargo fetch --quiet
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy"
@@ -68,29 +93,25 @@ for spec in observe-core: observe-core:runtime-metrics \
   cargo clippy -q -p "$package" --no-default-features ${features:+--features "$features"} -- -D warnings
 done
 # `--cfg tokio_unstable` compiles code no other build sees (tokio's unstable metrics, the task
-# dump, all in observe-core and observe-pprof): lint it and run its unit tests (further down),
-# in a target directory of its own so the main build is not invalidated.
-taskdump_target="${CARGO_TARGET_DIR:-target}/taskdump"
-unstable_features="observe-core/runtime-metrics,observe-pprof/taskdump"
-step "cargo clippy, --cfg tokio_unstable (in $taskdump_target)"
-RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
-  cargo clippy -q -p observe-core -p observe-pprof --all-targets --features "$unstable_features" \
+# dump, all in observe-core and observe-pprof): lint it, and run its unit tests further down.
+step "cargo clippy, --cfg tokio_unstable (in $unstable_target)"
+unstable clippy -q -p observe-core -p observe-pprof --all-targets --features "$unstable_features" \
   -- -D warnings
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features
-step "build the examples the end-to-end tests start"
-cargo build --workspace --bins
+# One build for the tests and the binaries they start: built apart, the examples would get
+# other features of shared dependencies (no dev-dependencies) and everything under them twice.
+step "build every test and the examples the end-to-end tests start"
+cargo build -q --workspace --tests --bins
 # integration-tests/tests/pprof_memory.rs measures what a profile costs a release build;
-# load_and_faults.rs and slow_clients.rs put the release builds under load and hostile clients.
-step "build the release examples the memory, load and slow-client tests run"
-cargo build --release -p example-axum -p example-actix
-# integration-tests/tests/runtime.rs dumps the tasks of examples built with tokio's task dump.
-step "build the examples with tokio's task dump (--cfg tokio_unstable, in $taskdump_target)"
-RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
-  cargo build -p example-axum -p example-actix
-step "cargo test, --cfg tokio_unstable: observe-core's and observe-pprof's unit tests (in $taskdump_target)"
-RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$taskdump_target" \
-  cargo test -q -p observe-core -p observe-pprof --lib --features "$unstable_features"
-step "cargo test"
-cargo test --workspace
+# load_and_faults.rs and slow_clients.rs put the release builds under load and hostile
+# clients; runtime.rs dumps their tasks, which needs `--cfg tokio_unstable`.
+step "build the release examples, with tokio's task dump (in $unstable_target)"
+unstable build -q --release -p example-axum -p example-actix
+step "unit tests, --cfg tokio_unstable: observe-core and observe-pprof (in $unstable_target)"
+unstable nextest run --no-fail-fast -p observe-core -p observe-pprof --lib --features "$unstable_features"
+step "cargo nextest run"
+cargo nextest run --workspace --no-fail-fast
+step "doc tests"
+cargo test -q --workspace --doc
 step "all passed"

@@ -3,7 +3,10 @@
 //! bounded so that a client cannot take the example down with them; a real service has no
 //! such routes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -62,10 +65,32 @@ pub(crate) fn spawn_idle_tasks(n: usize, seconds: u64) -> usize {
     spawned
 }
 
-/// An idle task: the task dump shows it waiting in `tokio::time::sleep` under this name.
-#[inline(never)]
-async fn idle_task(wait: Duration, _place: Place) {
-    tokio::time::sleep(wait).await;
+/// An idle task: the task dump shows it waiting in `tokio::time::sleep`, at this file's
+/// line. A future of its own whose `poll` is a frame of its own, so that a release build shows
+/// it too: there an `async fn`'s state machine is inlined into tokio's poll of the task, above
+/// the await points the dump shows (docs/pprof.md).
+struct IdleTask {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    _place: Place,
+}
+
+impl Future for IdleTask {
+    type Output = ();
+
+    #[inline(never)]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let polled = self.sleep.as_mut().poll(cx);
+        // Not a tail call: the call stays a frame of this function.
+        std::hint::black_box(&polled);
+        polled
+    }
+}
+
+fn idle_task(wait: Duration, place: Place) -> IdleTask {
+    IdleTask {
+        sleep: Box::pin(tokio::time::sleep(wait)),
+        _place: place,
+    }
 }
 
 /// Blocks the calling thread, a tokio worker, for `ms` milliseconds (at most 10 s): the

@@ -61,53 +61,34 @@ pub fn binary(package: &str) -> PathBuf {
     path
 }
 
-/// The path of a workspace binary built with `--release` (for measurements a debug build
-/// would distort), building it if it is missing. `OBSERVE_RELEASE_DIR` points elsewhere (e.g.
+/// Where `scripts/test.sh` puts the build with `--cfg tokio_unstable` (tokio's unstable
+/// metrics and task dump), in a target directory of its own so the main build is not rebuilt:
+/// `<target>/unstable`.
+pub fn unstable_target_dir() -> PathBuf {
+    target_debug_dir().with_file_name("unstable")
+}
+
+/// The path of `package` built with `--release` and `--cfg tokio_unstable`, building it if it
+/// is missing: the build the measurements and load tests run (a debug build would distort
+/// them), and the one whose tasks can be dumped. `OBSERVE_RELEASE_DIR` points elsewhere (e.g.
 /// at an older build, to measure before and after with the same test).
 pub fn release_binary(package: &str) -> PathBuf {
     let dir = match std::env::var_os("OBSERVE_RELEASE_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => target_debug_dir().with_file_name("release"),
+        None => unstable_target_dir().join("release"),
     };
     let path = dir.join(package);
     if !path.exists() {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--release", "-p", package])
-            .current_dir(workspace_root())
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "cargo build --release -p {package} failed"
-        );
-    }
-    path
-}
-
-/// Where `scripts/test.sh` puts the debug build with tokio's task dump on
-/// (`RUSTFLAGS="--cfg tokio_unstable"`, in a target directory of its own so the main build is
-/// not rebuilt): `<target>/taskdump/debug`.
-pub fn taskdump_debug_dir() -> PathBuf {
-    target_debug_dir().with_file_name("taskdump").join("debug")
-}
-
-/// The path of `package` built with `--cfg tokio_unstable` ([`taskdump_debug_dir`]),
-/// building it if it is missing.
-pub fn taskdump_binary(package: &str) -> PathBuf {
-    let dir = taskdump_debug_dir();
-    let path = dir.join(package);
-    if !path.exists() {
-        let target = dir.parent().expect("<target>/taskdump");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", package])
             .env("RUSTFLAGS", "--cfg tokio_unstable")
-            .env("CARGO_TARGET_DIR", target)
+            .env("CARGO_TARGET_DIR", unstable_target_dir())
             .current_dir(workspace_root())
             .status()
             .expect("cargo runs");
         assert!(
             status.success(),
-            "RUSTFLAGS=\"--cfg tokio_unstable\" cargo build -p {package} failed"
+            "RUSTFLAGS=\"--cfg tokio_unstable\" cargo build --release -p {package} failed"
         );
     }
     path
@@ -127,12 +108,8 @@ impl Example {
         Example::start_binary(package, binary(package), envs)
     }
 
-    /// [`start`](Self::start) with the build that can dump its tasks ([`taskdump_binary`]).
-    pub fn start_taskdump(package: &str, envs: &[(&str, &str)]) -> Example {
-        Example::start_binary(package, taskdump_binary(package), envs)
-    }
-
-    /// [`start`](Self::start) with the `--release` build of `package` ([`release_binary`]).
+    /// [`start`](Self::start) with the `--release` build of `package` ([`release_binary`]),
+    /// which can also dump its tasks.
     pub fn start_release(package: &str, envs: &[(&str, &str)]) -> Example {
         Example::start_binary(package, release_binary(package), envs)
     }

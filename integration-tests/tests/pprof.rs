@@ -1,6 +1,6 @@
 //! `/debug/pprof/*` of the examples, read by the real `go tool pprof` and headless Chromium.
 //!
-//! Each test starts its own example process: pprof-rs allows one CPU profile per process, so
+//! Each test starts its own example process: a process takes one CPU profile at a time, so
 //! tests running in parallel cannot see each other's profiles.
 use std::io::Write;
 use std::net::TcpStream;

@@ -179,10 +179,10 @@ fn without_the_flags_the_task_dump_is_501_saying_which() {
     }
 }
 
-/// The dump of 10,000 idle tasks, in the build with `--cfg tokio_unstable`.
+/// The dump of 10,000 idle tasks, in the release build (built with `--cfg tokio_unstable`).
 fn the_task_dump_lists_every_idle_task_at_its_await_point(package: &str) {
     const N: usize = 10_000;
-    let example = Example::start_taskdump(package, &[]);
+    let example = Example::start_release(package, &[]);
     let index = get(&example, "/debug/pprof/").text();
     assert!(index.contains(r#"href="tasks""#), "{package}: {index}");
     // One profiling job at a time: while a CPU profile runs, a dump is 409. (A dump that
@@ -222,11 +222,13 @@ fn the_task_dump_lists_every_idle_task_at_its_await_point(package: &str) {
         answer.header("content-type"),
         Some("text/plain; charset=utf-8")
     );
-    // Each idle task waits in `idle_task`, inside tokio's `Sleep`.
+    // Each idle task waits in its future's poll (examples/shared/runtime_load.rs), inside
+    // tokio's `Sleep` (tokio's src/time/sleep.rs): a release build names frames by their
+    // short name, file and line (line tables only).
     let tasks: Vec<&str> = text.split("\ntask ").skip(1).collect();
     let idle = tasks
         .iter()
-        .filter(|t| t.contains("runtime_load::idle_task") && t.contains("Sleep"))
+        .filter(|t| t.contains("shared/runtime_load.rs:") && t.contains("time/sleep.rs:"))
         .count();
     println!(
         "{package}: dump of {} tasks ({idle} idle) in {:.2} s, {} bytes, VmRSS {:.1} -> {:.1} MiB; header and first task:\n{}",

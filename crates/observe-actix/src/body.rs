@@ -5,7 +5,7 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
-use observe_core::adapter::{BodyTracker, ByteTally, Polled, ResponseRecord};
+use observe_core::adapter::{BodyEvent, BodyTracker, ByteTally, ResponseRecord};
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -47,12 +47,12 @@ impl<B: MessageBody> MessageBody for ResponseBody<B> {
         let this = self.project();
         let item = ready!(this.inner.poll_next(cx));
         this.tracker.polled(match &item {
-            Some(Ok(chunk)) => Polled::Data {
+            Some(Ok(chunk)) => BodyEvent::Data {
                 bytes: chunk.len() as u64,
                 last: false,
             },
-            Some(Err(_)) => Polled::Error,
-            None => Polled::End,
+            Some(Err(_)) => BodyEvent::Error,
+            None => BodyEvent::End,
         });
         Poll::Ready(item)
     }
@@ -63,7 +63,7 @@ impl<B: MessageBody> MessageBody for ResponseBody<B> {
         let ResponseBody { inner, mut tracker } = self;
         match inner.try_into_bytes() {
             Ok(bytes) => {
-                tracker.polled(Polled::Data {
+                tracker.polled(BodyEvent::Data {
                     bytes: bytes.len() as u64,
                     last: true,
                 });

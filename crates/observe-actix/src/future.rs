@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
 use crate::connection::{ClientSocket, CHECK_CLIENT_AFTER};
-use crate::route_cache::{RequestPath, RouteCache};
+use crate::route::{RequestPath, RouteCache};
 
 pin_project! {
     /// Response future of [`Observe`](crate::Observe): names the route once actix has routed

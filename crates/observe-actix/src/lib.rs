@@ -46,12 +46,13 @@
 
 mod body;
 mod connection;
+mod endpoints;
 mod future;
 mod middleware;
 #[cfg(feature = "pprof")]
 mod pprof;
-mod route_cache;
-mod routes;
+mod response;
+mod route;
 mod service;
 
 pub use body::ResponseBody;

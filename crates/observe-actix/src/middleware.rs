@@ -7,7 +7,7 @@ use actix_web::Error;
 use observe_core::{HttpMetrics, ObserveBuilder};
 
 use crate::body::ResponseBody;
-use crate::route_cache::RouteCache;
+use crate::route::RouteCache;
 use crate::service::ObserveMiddleware;
 
 /// The actix-web middleware that records per-route RED metrics: `.wrap(Observe::new("svc"))`.

@@ -4,12 +4,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use observe_core::HttpMetrics;
-use observe_pprof::adapter::ProfileJob;
-use observe_pprof::{AccessRequest, Pprof, ProfilingSettings};
+use observe_pprof::{AccessRequest, Pprof, ProfilingSettings, PPROF_ROUTES};
 
 use crate::connection::ClientSocket;
 use crate::middleware::Observe;
-use crate::routes::into_response;
+use crate::response::{into_response, Actix};
 
 impl ProfilingSettings for Observe {
     fn pprof_setting(&mut self) -> &mut Option<Pprof> {
@@ -29,18 +28,19 @@ pub fn pprof_routes(pprof: Pprof) -> impl Fn(&mut web::ServiceConfig) + Clone + 
 
 pub(crate) fn configure(config: &mut web::ServiceConfig, pprof: Pprof) {
     let get = || web::route().guard(guard::Any(guard::Get()).or(guard::Head()));
-    let index = pprof.clone();
+    let [redirect, index, profile] = PPROF_ROUTES;
+    let index_pprof = pprof.clone();
     config
         .route(
-            "/debug/pprof",
+            redirect,
             get().to(|| async { into_response(Pprof::redirect_to_index()) }),
         )
         .route(
-            "/debug/pprof/",
-            get().to(move |req: HttpRequest| serve(index.clone(), req)),
+            index,
+            get().to(move |req: HttpRequest| serve(index_pprof.clone(), req)),
         )
         .route(
-            "/debug/pprof/{profile}",
+            profile,
             get().to(move |req: HttpRequest| serve(pprof.clone(), req)),
         );
 }
@@ -80,7 +80,6 @@ async fn serve(pprof: Pprof, req: HttpRequest) -> HttpResponse {
     let access = AccessRequest::new(req.path(), peer)
         .with_headers(headers.map(|(name, value)| (name.as_str(), value.as_bytes())));
     let query = Some(req.query_string()).filter(|q| !q.is_empty());
-    let run = |job: ProfileJob| web::block(move || job.run());
     // actix drops this future only when the connection fails; a client that closed its side
     // is seen on the socket (with `on_connect` installed).
     let socket = ClientSocket::of(&req);
@@ -92,7 +91,7 @@ async fn serve(pprof: Pprof, req: HttpRequest) -> HttpResponse {
     };
     into_response(
         pprof
-            .answer(&access, profile, query, run, client_gone)
+            .respond::<Actix>(&access, profile, query, client_gone)
             .await,
     )
 }

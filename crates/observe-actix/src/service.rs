@@ -4,11 +4,12 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName};
 use actix_web::{Error, HttpMessage};
+use observe_core::adapter::sole_header;
 use observe_core::TraceHeaders;
 
 use crate::body::{RequestPayload, ResponseBody};
 use crate::future::ResponseFuture;
-use crate::route_cache::{RequestPath, RouteCache};
+use crate::route::{RequestPath, RouteCache};
 
 /// The service [`Observe`](crate::Observe) wraps around an app; one per worker.
 #[doc(hidden)]
@@ -72,18 +73,10 @@ impl TraceHeaders for Headers<'_> {
         self.0.get(name).map(|v| v.as_bytes())
     }
 
-    /// A request without trace context pays for this on every request: with a handful of
-    /// header names, comparing each (a standard name differs from a custom one at once) costs
-    /// a third of hashing the name for a lookup (measured in `docs/performance.md`).
     #[inline]
     fn traceparent(&self) -> Option<&[u8]> {
-        if self.0.len_keys() <= 8 && !self.0.keys().any(|name| *name == TRACEPARENT) {
-            return None;
-        }
-        // Two `traceparent` headers are no trace context (as W3C Trace Context's test suite
-        // expects: a new trace, not either of them).
-        let mut values = self.0.get_all(&TRACEPARENT);
-        let value = values.next()?;
-        values.next().is_none().then(|| value.as_bytes())
+        sole_header(self.0.len_keys(), self.0.keys(), &TRACEPARENT, || {
+            self.0.get_all(&TRACEPARENT).map(|v| v.as_bytes())
+        })
     }
 }

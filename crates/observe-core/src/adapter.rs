@@ -1,6 +1,8 @@
 //! What a framework adapter needs and a user never does: the per-request record, route and
-//! metrics ids, body byte counting, and the framework-neutral [`Answer`] that `/metrics` and
-//! `/debug/pprof` give, which each adapter converts into its response type in one place.
+//! metrics ids, body byte counting, the one `traceparent` of a request's headers, the
+//! framework-neutral [`EndpointResponse`] that `/metrics` and `/debug/pprof` give (each adapter
+//! converts it into its response type in one place), and the [`Executor`] an adapter lends
+//! those endpoints.
 //!
 //! A request is recorded exactly once, by type: [`MetricsId::start`] gives a
 //! [`RequestRecord`]; it ends in [`RequestRecord::respond`] (giving a [`ResponseRecord`]),
@@ -22,11 +24,13 @@
 //! assert!(text.contains(r#"http_server_requests_total{http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",service="checkout"} 1"#));
 //! ```
 
-pub use crate::answer::{Answer, TEXT_PLAIN};
-pub use crate::body::{BodyTracker, Polled};
+pub use crate::body::{BodyEvent, BodyTracker};
+pub use crate::executor::{race, BlockingWork, Executor};
 pub use crate::labels::MethodLabel;
-pub use crate::metrics::MetricsId;
 pub use crate::record::{
-    ByteTally, RequestRecord, ResponseRecord, CLIENT_CLOSED_REQUEST, INTERNAL_SERVER_ERROR,
+    ByteTally, MetricsId, RequestRecord, ResponseRecord, CLIENT_CLOSED_REQUEST,
+    INTERNAL_SERVER_ERROR,
 };
+pub use crate::response::{EndpointResponse, TEXT_PLAIN};
 pub use crate::routes::RouteId;
+pub use crate::trace::sole_header;

@@ -5,7 +5,7 @@ use crate::record::ResponseRecord;
 
 /// What one poll of a response body gave, as a body wrapper reports it to [`BodyTracker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Polled {
+pub enum BodyEvent {
     /// A chunk of `bytes` body bytes (0 for a trailers frame); `last`: the body says it is at
     /// its end now (hyper polls no further).
     Data {
@@ -25,14 +25,14 @@ pub enum Polled {
 /// (`500` while a panic unwinds).
 ///
 /// ```
-/// use observe_core::adapter::{BodyTracker, Polled};
+/// use observe_core::adapter::{BodyTracker, BodyEvent};
 ///
 /// let metrics = observe_core::HttpMetrics::new("svc");
 /// let record = metrics.id().start("GET", Some("/x")).unwrap().respond(200);
 /// let mut body = BodyTracker::new(Some(record), false);
-/// body.polled(Polled::Data { bytes: 42, last: false });
+/// body.polled(BodyEvent::Data { bytes: 42, last: false });
 /// assert!(body.is_recording());
-/// body.polled(Polled::End);
+/// body.polled(BodyEvent::End);
 /// assert!(!body.is_recording());
 /// assert_eq!(metrics.active_requests("GET"), 0);
 /// ```
@@ -61,19 +61,19 @@ impl BodyTracker {
 
     /// Reports one poll of the body.
     #[inline]
-    pub fn polled(&mut self, polled: Polled) {
+    pub fn polled(&mut self, polled: BodyEvent) {
         let Some(record) = self.0.as_mut() else {
             return;
         };
         match polled {
-            Polled::Data { bytes, last } => {
+            BodyEvent::Data { bytes, last } => {
                 record.add_response_bytes(bytes);
                 if last {
                     self.end(false);
                 }
             }
-            Polled::Error => self.end(true),
-            Polled::End => self.end(false),
+            BodyEvent::Error => self.end(true),
+            BodyEvent::End => self.end(false),
         }
     }
 

@@ -11,7 +11,7 @@ use crate::exemplar::Recorded;
 use crate::exposition::model::{self, Bucket, Exemplar, Family, Kind, Sample, Value};
 use crate::histogram::{Bounds, HistogramSnapshot};
 use crate::labels::{MethodLabel, METHOD, ROUTE, SERVICE, STATUS};
-use crate::state::{Histogram, Owner, State};
+use crate::store::{Histogram, MetricsStore, StoreOwner};
 use crate::sync::read;
 
 pub(crate) const DURATION: &str = "http_server_request_duration_seconds";
@@ -20,26 +20,26 @@ pub(crate) const ACTIVE: &str = "http_server_active_requests";
 pub(crate) const REQUEST_SIZE: &str = "http_server_request_body_size_bytes";
 pub(crate) const RESPONSE_SIZE: &str = "http_server_response_body_size_bytes";
 
-/// Exposes one service's [`State`] to a `prometheus::Registry`.
+/// Exposes one service's [`MetricsStore`] to a `prometheus::Registry`.
 pub(crate) struct HttpCollector {
     /// Keeps the metrics open while the registry holds this collector.
-    owner: Arc<Owner>,
+    owner: Arc<StoreOwner>,
     descs: Vec<Desc>,
 }
 
 impl HttpCollector {
-    pub(crate) fn new(owner: Arc<Owner>) -> Result<Self, ObserveError> {
-        let state = &owner.state;
+    pub(crate) fn new(owner: Arc<StoreOwner>) -> Result<Self, ObserveError> {
+        let store = &owner.store;
         let mut const_labels: HashMap<String, String> =
-            state.const_labels.iter().cloned().collect();
-        const_labels.insert(SERVICE.to_owned(), state.service.clone());
+            store.const_labels.iter().cloned().collect();
+        const_labels.insert(SERVICE.to_owned(), store.service.clone());
         let per_request = || vec![ROUTE.to_owned(), METHOD.to_owned(), STATUS.to_owned()];
         let mut families = vec![
             (DURATION, "Duration of HTTP server requests, from entering the middleware to the end of the response body.", per_request()),
             (REQUESTS, "HTTP server requests, counted once each when recorded.", per_request()),
             (ACTIVE, "HTTP server requests in flight.", vec![METHOD.to_owned()]),
         ];
-        if state.size_bounds.is_some() {
+        if store.size_bounds.is_some() {
             families.push((
                 REQUEST_SIZE,
                 "Request body bytes read by the server, counted when the request is recorded.",
@@ -66,8 +66,8 @@ impl HttpCollector {
         Ok(HttpCollector { owner, descs })
     }
 
-    fn state(&self) -> &State {
-        &self.owner.state
+    fn store(&self) -> &MetricsStore {
+        &self.owner.store
     }
 
     fn help(&self, name: &str) -> String {
@@ -90,11 +90,11 @@ impl HttpCollector {
     /// Label pairs sorted by name, as every format writes them.
     fn labels(&self, variable: &[(&'static str, &str)]) -> Vec<(String, String)> {
         let mut pairs: Vec<(String, String)> = self
-            .state()
+            .store()
             .const_labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
-            .chain([(SERVICE.to_owned(), self.state().service.clone())])
+            .chain([(SERVICE.to_owned(), self.store().service.clone())])
             .chain(
                 variable
                     .iter()
@@ -107,17 +107,17 @@ impl HttpCollector {
 
     /// This service's families, with everything the formats can carry.
     pub(crate) fn families(&self) -> Vec<Family> {
-        let state = self.state();
+        let store = self.store();
         let mut durations = Vec::new();
         let mut counts = Vec::new();
         let mut request_sizes = Vec::new();
         let mut response_sizes = Vec::new();
         {
-            let series = read(&state.series);
+            let series = read(&store.series);
             // Names after the series: a route is named before any series of it exists, so
             // every series in this map has its name in this copy. (Copied before the lock, a
             // route interned in between had none: `http_route=""`, duplicate samples.)
-            let routes = state.routes.names();
+            let routes = store.routes.names();
             for (key, s) in series.iter() {
                 let Some(route) = routes.get(key.route()) else {
                     debug_assert!(false, "series of an unnamed route {}", key.route());
@@ -137,8 +137,8 @@ impl HttpCollector {
                 };
                 // Native buckets before the classic ones: they are written after, so the
                 // classic count read next is never below what the native buckets hold.
-                let native = s.native_snapshot(state);
-                let snapshot = s.snapshot(state, Histogram::Duration);
+                let native = s.native_snapshot(store);
+                let snapshot = s.snapshot(store, Histogram::Duration);
                 let exemplars: Vec<Option<Exemplar>> = s
                     .exemplars()
                     .into_iter()
@@ -154,13 +154,13 @@ impl HttpCollector {
                         ..e.clone()
                     });
                 counts.push(sample(Value::Counter(snapshot.count as f64, newest)));
-                if let Some(bounds) = &state.size_bounds {
-                    let request = s.snapshot(state, Histogram::RequestSize);
+                if let Some(bounds) = &store.size_bounds {
+                    let request = s.snapshot(store, Histogram::RequestSize);
                     request_sizes.push(sample(histogram(&request, bounds)));
-                    let response = s.snapshot(state, Histogram::ResponseSize);
+                    let response = s.snapshot(store, Histogram::ResponseSize);
                     response_sizes.push(sample(histogram(&response, bounds)));
                 }
-                let mut duration = histogram(&snapshot, &state.duration_bounds);
+                let mut duration = histogram(&snapshot, &store.duration_bounds);
                 if let Value::Histogram(h) = &mut duration {
                     for (bucket, exemplar) in h.buckets.iter_mut().zip(exemplars) {
                         bucket.exemplar = exemplar;
@@ -184,7 +184,7 @@ impl HttpCollector {
             }
         }
         let active = MethodLabel::all()
-            .filter_map(|m| Some((m, state.active_requests(m)?)))
+            .filter_map(|m| Some((m, store.active_requests(m)?)))
             .map(|(m, active)| Sample {
                 labels: self.labels(&[(METHOD, m.as_str())]),
                 value: Value::Gauge(active as f64),
@@ -197,7 +197,7 @@ impl HttpCollector {
             self.family(REQUESTS, Kind::Counter, counts),
             self.family(ACTIVE, Kind::Gauge, active),
         ];
-        if state.size_bounds.is_some() {
+        if store.size_bounds.is_some() {
             families.push(self.family(REQUEST_SIZE, Kind::Histogram, request_sizes));
             families.push(self.family(RESPONSE_SIZE, Kind::Histogram, response_sizes));
         }

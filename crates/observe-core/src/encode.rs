@@ -1,15 +1,15 @@
+//! Encoding a registry for `/metrics`: the formats a scraper can ask for ([`Format`]) and the
+//! bytes of each ([`MetricsEncoder`]), gzipped when accepted.
+
 use std::io::Write;
-use std::sync::Arc;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use prometheus::Registry;
 
-use crate::answer::Answer;
 use crate::collector::gather;
 use crate::error::ObserveError;
 use crate::exposition::{protobuf, text};
-use crate::scrape::{ScrapeLimits, DEFAULT_MAX_CONCURRENT_SCRAPES, DEFAULT_SCRAPE_TIMEOUT};
 
 /// `Content-Type` of the Prometheus text exposition format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -114,8 +114,9 @@ impl Format {
 /// Every family on the registry is written in the format asked for; observe's own carry their
 /// exemplars (OpenMetrics, protobuf) and native histograms (protobuf) when configured.
 ///
-/// Encoding walks every series: call it off the async worker threads
-/// (`tokio::task::spawn_blocking`, `actix_web::web::block`), as the adapters' routes do.
+/// Encoding walks every series: call it off the async worker threads, as
+/// [`MetricsEndpoint`](crate::MetricsEndpoint) does (it also bounds concurrent scrapes and
+/// times them out).
 ///
 /// ```
 /// use observe_core::{Format, HttpMetrics, MetricsEncoder};
@@ -131,7 +132,6 @@ impl Format {
 #[derive(Debug, Clone)]
 pub struct MetricsEncoder {
     registry: Registry,
-    limits: Arc<ScrapeLimits>,
 }
 
 /// A ready `/metrics` response body and the headers that describe it.
@@ -146,21 +146,9 @@ pub struct EncodedMetrics {
 }
 
 impl MetricsEncoder {
-    /// An encoder for everything registered on `registry`, with the default scrape limits
-    /// and no handler metrics of its own ([`HttpMetrics::encoder`](crate::HttpMetrics::encoder)
-    /// gives the configured ones).
+    /// An encoder for everything registered on `registry`.
     pub fn new(registry: Registry) -> Self {
-        let limits =
-            ScrapeLimits::unmetered(DEFAULT_MAX_CONCURRENT_SCRAPES, DEFAULT_SCRAPE_TIMEOUT);
-        MetricsEncoder::with_limits(registry, Arc::new(limits))
-    }
-
-    pub(crate) fn with_limits(registry: Registry, limits: Arc<ScrapeLimits>) -> Self {
-        MetricsEncoder { registry, limits }
-    }
-
-    pub(crate) fn limits(&self) -> &Arc<ScrapeLimits> {
-        &self.limits
+        MetricsEncoder { registry }
     }
 
     /// Gathers and encodes the registry in `format`; gzips when `accept_encoding` (the
@@ -202,35 +190,6 @@ impl MetricsEncoder {
             content_type,
             content_encoding: Some("gzip"),
         })
-    }
-}
-
-impl MetricsEncoder {
-    /// The whole `/metrics` answer for a request with these `Accept` and `Accept-Encoding`
-    /// headers: the exposition in the negotiated format (gzipped when accepted) with its
-    /// `Content-Type`, `Content-Encoding` and `Vary`, a `503` when too many scrapes encode at
-    /// once, or a `500` naming what failed. Blocks while it encodes: call it off the async
-    /// workers (adapters [`admit`](Self::admit) first and time the encoding out).
-    pub fn respond(&self, accept: Option<&str>, accept_encoding: Option<&str>) -> Answer {
-        match self.admit() {
-            Ok(scrape) => self.conclude(Some(Ok(scrape.respond(accept, accept_encoding)))),
-            Err(busy) => busy,
-        }
-    }
-
-    /// The answer in `format`, without the limits.
-    pub(crate) fn answer(&self, format: Format, accept_encoding: Option<&str>) -> Answer {
-        let answer = match self.encode(format, accept_encoding) {
-            Ok(metrics) => {
-                let answer = Answer::ok(metrics.content_type, metrics.body);
-                match metrics.content_encoding {
-                    Some(encoding) => answer.with_header("content-encoding", encoding),
-                    None => answer,
-                }
-            }
-            Err(error) => Answer::text(500, &error.to_string()),
-        };
-        answer.with_header("vary", "accept, accept-encoding")
     }
 }
 

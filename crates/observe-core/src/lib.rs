@@ -3,18 +3,20 @@
 //!
 //! Users meet it through an adapter (`observe-tower`, `observe-actix`), which re-exports what
 //! they configure: [`HttpMetrics`] (one service's metric families on a
-//! [`prometheus::Registry`]), [`ObserveBuilder`] (buckets, labels, exclusions, the registry),
-//! [`ObserveError`], and [`MetricsEncoder`] for serving `/metrics` from a framework without
-//! an adapter. [`adapter`] holds what only an adapter needs: the per-request record that
-//! records each request exactly once, route ids, and the framework-neutral [`adapter::Answer`].
+//! [`prometheus::Registry`]), [`ObserveBuilder`] (buckets, labels, exclusions, the registry)
+//! and [`ObserveError`]. A framework without an adapter serves `/metrics` with
+//! [`MetricsEndpoint`] (or encodes a registry itself with [`MetricsEncoder`]). [`adapter`]
+//! holds what only an adapter needs: the per-request record that records each request exactly
+//! once, route ids, the framework-neutral [`adapter::EndpointResponse`] and the
+//! [`adapter::Executor`] an adapter lends the endpoints.
 //!
 //! With the `runtime-metrics` feature, the `runtime` module adds the `tokio_*` families of the
 //! service's tokio runtimes to every registry it builds (read when scraped, nothing per
 //! request) and keeps the list of runtimes `/debug/pprof/tasks` dumps.
 //!
-//! The files read top-down, each using only those before it: [`config`](ObserveBuilder)
-//! → routes → state (series, per-thread caches) → record → exposition (collector, encoding)
-//! → the handles ([`HttpMetrics`], [`adapter::MetricsId`]).
+//! Each file uses only those listed before it: settings → routes → store (series, per-thread
+//! caches) → record → exposition (collector, encoding) → the `/metrics` endpoint → the handle
+//! and its builder ([`HttpMetrics`], [`ObserveBuilder`]).
 //!
 //! ```
 //! use observe_core::{HttpMetrics, MetricsEncoder};
@@ -30,44 +32,45 @@
 //! ```
 
 pub mod adapter;
-mod answer;
 mod body;
 mod collector;
-mod config;
 mod encode;
 mod error;
+mod executor;
 mod exemplar;
 mod exposition;
 mod histogram;
 mod labels;
 mod metrics;
+mod metrics_endpoint;
 mod native;
 mod record;
+mod response;
 mod routes;
 #[cfg(feature = "runtime-metrics")]
 pub mod runtime;
-mod scrape;
+mod settings;
 mod shard;
-mod state;
+mod store;
 mod sync;
 mod trace;
 
-pub use config::{
-    ObserveBuilder, DEFAULT_DURATION_BUCKETS, DEFAULT_EXCLUDED_ROUTES, DEFAULT_MAX_ROUTES,
-    DEFAULT_SIZE_BUCKETS,
-};
 pub use encode::{
     EncodedMetrics, Format, MetricsEncoder, OPENMETRICS_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
 };
 pub use error::ObserveError;
 pub use exemplar::DEFAULT_EXEMPLAR_INTERVAL;
-pub use metrics::HttpMetrics;
+pub use metrics::{HttpMetrics, ObserveBuilder};
+pub use metrics_endpoint::MetricsEndpoint;
 pub use native::{
     DEFAULT_NATIVE_BUCKET_FACTOR, DEFAULT_NATIVE_MAX_BUCKETS, DEFAULT_NATIVE_ZERO_THRESHOLD,
 };
 pub use routes::{OVERFLOW_ROUTE, UNMATCHED_ROUTE};
-pub use scrape::{Scrape, DEFAULT_MAX_CONCURRENT_SCRAPES, DEFAULT_SCRAPE_TIMEOUT};
+pub use settings::{
+    DEFAULT_DURATION_BUCKETS, DEFAULT_EXCLUDED_ROUTES, DEFAULT_MAX_CONCURRENT_SCRAPES,
+    DEFAULT_MAX_ROUTES, DEFAULT_SCRAPE_TIMEOUT, DEFAULT_SIZE_BUCKETS,
+};
 pub use trace::{TraceContext, TraceHeaders};
 
 /// The `prometheus` crate this core is built on, re-exported so users register their own

@@ -1,21 +1,103 @@
+//! The per-request record: [`MetricsId::start`] opens it, and its types let it end exactly
+//! once ([`RequestRecord`], then [`ResponseRecord`]).
+
 use quanta::Instant;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::labels::MethodLabel;
 use crate::routes::RouteId;
-use crate::state::{with_state, Observation, SeriesKey};
-use crate::trace::TraceContext;
+use crate::store::{with_store, Observation, SeriesKey};
+use crate::trace::{self, TraceContext, TraceHeaders};
 
 /// Status recorded for a client that went away before the response body was complete.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// Status recorded for a handler panic or an inner service error.
 pub const INTERNAL_SERVER_ERROR: u16 = 500;
 
+/// A `Copy` handle on [`HttpMetrics`](crate::HttpMetrics), for what is created or cloned for
+/// every request: the service axum clones per request and the request record hold one
+/// instead of an `Arc`, so no worker writes a reference count that other workers share (on two
+/// threads a shared count costs more than the whole record: `docs/performance.md`).
+///
+/// It finds the metrics in a per-thread cache. It records while they are open (see
+/// [`HttpMetrics`](crate::HttpMetrics)), and does nothing once they are closed.
+///
+/// ```
+/// let metrics = observe_core::HttpMetrics::new("svc");
+/// let id = metrics.id();
+/// let record = id.start("GET", Some("/users/{id}")).unwrap();
+/// record.respond(200).finish();
+/// assert_eq!(metrics.active_requests("GET"), 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsId(pub(crate) u64);
+
+impl MetricsId {
+    /// Starts recording a request to `template` (the framework's route template; `None`:
+    /// nothing matched, or not known yet): the clock starts now, and the request counts in
+    /// `http_server_active_requests`. `None` when the route is excluded or the metrics are
+    /// closed.
+    ///
+    /// actix knows the route only after the request ran: start with `None` and call
+    /// [`RequestRecord::set_route`] then.
+    #[inline]
+    pub fn start(self, method: &str, template: Option<&str>) -> Option<RequestRecord> {
+        // Not one path with `start_with`: carrying an empty trace through it costs the
+        // requests without headers to read (docs/performance.md, "What recording costs").
+        let method = MethodLabel::from_method(method);
+        let route = with_store(self.0, |store| {
+            let route = store.routes.resolve(template);
+            (!route.is_excluded()).then(|| {
+                store.count_start(method);
+                route
+            })
+        })??;
+        Some(RequestRecord::new(self.0, method, route, None))
+    }
+
+    /// [`start`](Self::start) for a request with these `headers`: a sampled trace in them
+    /// (its `traceparent`, or what the configured
+    /// [`trace_context`](crate::ObserveBuilder::trace_context) hook finds) becomes the
+    /// exemplar of the request's bucket. A request without one costs one header lookup.
+    #[inline]
+    pub fn start_with(
+        self,
+        method: &str,
+        template: Option<&str>,
+        headers: &impl TraceHeaders,
+    ) -> Option<RequestRecord> {
+        let method = MethodLabel::from_method(method);
+        let (route, trace) = with_store(self.0, |store| {
+            let route = store.routes.resolve(template);
+            // An excluded route (`/metrics`) is not recorded: its headers are not read.
+            if route.is_excluded() {
+                return None;
+            }
+            // Read before the start is counted: a trace hook that panics leaves no request in
+            // flight for ever.
+            let trace = store
+                .exemplars
+                .then(|| trace::extract(store.trace_hook.as_ref(), headers))
+                .flatten();
+            store.count_start(method);
+            Some((route, trace))
+        })??;
+        Some(RequestRecord::new(self.0, method, route, trace))
+    }
+
+    /// The label id of a route template, as
+    /// [`HttpMetrics::route`](crate::HttpMetrics::route) gives it; [`RouteId::UNMATCHED`] once
+    /// the metrics are closed.
+    pub fn route(self, template: Option<&str>) -> RouteId {
+        with_store(self.0, |store| store.routes.resolve(template)).unwrap_or(RouteId::UNMATCHED)
+    }
+}
+
 /// A request in flight, before its response exists: the first half of the guard that records
 /// one request exactly once.
 ///
-/// Created by [`MetricsId::start`](crate::adapter::MetricsId::start). It ends in exactly one way,
+/// Created by [`MetricsId::start`](MetricsId::start). It ends in exactly one way,
 /// and each way takes it by value, so a request can be recorded only once whatever an adapter
 /// calls:
 ///
@@ -69,7 +151,7 @@ pub struct ResponseRecord {
 /// What both halves carry; recorded once, by [`Recording::record`] or on drop.
 #[derive(Debug)]
 struct Recording {
-    /// Its metrics' state id, found again when the request ends: a request in flight holds
+    /// Its metrics' store id, found again when the request ends: a request in flight holds
     /// no reference count.
     metrics: u64,
     started: Instant,
@@ -138,7 +220,7 @@ impl RequestRecord {
     }
 
     /// Sets the route once the framework knows it (actix matches after middleware runs), from
-    /// [`HttpMetrics::route`](crate::HttpMetrics::route) or [`MetricsId::route`](crate::adapter::MetricsId::route). An excluded
+    /// [`HttpMetrics::route`](crate::HttpMetrics::route) or [`MetricsId::route`](MetricsId::route). An excluded
     /// route leaves the request unrecorded (it still leaves the in-flight gauge when it ends).
     #[inline]
     pub fn set_route(&mut self, route: RouteId) {
@@ -146,7 +228,7 @@ impl RequestRecord {
     }
 
     /// The request's trace, for its exemplar (set by
-    /// [`MetricsId::start_with`](crate::adapter::MetricsId::start_with) from the headers).
+    /// [`MetricsId::start_with`](MetricsId::start_with) from the headers).
     #[inline]
     pub fn trace(&self) -> Option<&TraceContext> {
         self.recording.trace.as_ref()
@@ -234,7 +316,7 @@ impl Recording {
             trace: self.trace.take(),
         });
         // Closed metrics (nobody can read them any more) take nothing.
-        with_state(self.metrics, |state| state.finish(self.method, observation));
+        with_store(self.metrics, |store| store.finish(self.method, observation));
     }
 }
 
@@ -438,7 +520,7 @@ mod tests {
 
     #[test]
     fn closed_metrics_are_freed_by_every_thread_that_cached_them() {
-        // A long-lived thread (a worker) records, so it caches the state; the metrics close
+        // A long-lived thread (a worker) records, so it caches the store; the metrics close
         // while it runs; its next request, for other metrics, lets go of them.
         let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
         let (weak_tx, weak_rx) = std::sync::mpsc::channel();
@@ -451,7 +533,7 @@ mod tests {
                 .respond(200)
                 .finish();
             weak_tx
-                .send(std::sync::Arc::downgrade(metrics.state()))
+                .send(std::sync::Arc::downgrade(metrics.store()))
                 .unwrap();
             let id = metrics.id();
             drop(metrics);
@@ -469,7 +551,7 @@ mod tests {
         let weak = weak_rx.recv().unwrap();
         assert!(
             weak.upgrade().is_some(),
-            "the worker's cache holds the state"
+            "the worker's cache holds the store"
         );
         closed_tx.send(()).unwrap();
         worker.join().unwrap();
@@ -481,7 +563,7 @@ mod tests {
         let metrics = HttpMetrics::new("t");
         let (id, registry) = (metrics.id(), metrics.registry().clone());
         drop(metrics);
-        let two = |id: crate::adapter::MetricsId| {
+        let two = |id: super::MetricsId| {
             std::thread::spawn(move || {
                 (0..2)
                     .filter_map(|_| id.start("GET", Some("/x")))

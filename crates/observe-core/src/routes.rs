@@ -114,13 +114,13 @@ impl RouteTable {
     }
 }
 
-type RouteSlot = Option<(u64, Arc<str>, RouteId)>;
+type CachedRoute = Option<(u64, Arc<str>, RouteId)>;
 
 thread_local! {
     /// Per-thread memo of template -> [`RouteId`], keyed by table id (never reused, and routes
     /// are never removed, so an entry is never stale). A hit takes no lock: under load, worker
     /// threads do not contend on the table's lock word (`docs/performance.md`).
-    static ROUTES: RefCell<[RouteSlot; CACHE_SLOTS]> =
+    static ROUTES: RefCell<[CachedRoute; CACHE_SLOTS]> =
         const { RefCell::new([const { None }; CACHE_SLOTS]) };
 }
 

@@ -17,6 +17,49 @@ pub trait TraceHeaders {
     }
 }
 
+/// Requests with at most this many header names are searched for `traceparent` by comparing
+/// names, before any lookup: see [`sole_header`].
+const FEW_HEADERS: usize = 8;
+
+/// The value of header `name` when a request carries it exactly once: `None` without it, and
+/// `None` with two or more (two `traceparent`s are no trace context, as W3C Trace Context's
+/// test suite expects). Adapters call it from [`TraceHeaders::traceparent`] with their header
+/// map's `count` of names, its `names` and a lookup of all values of `name`.
+///
+/// Every request without trace context pays for this: with a handful of header names,
+/// comparing each (a standard name differs from a custom one at once) costs a third of hashing
+/// the name for a lookup (`docs/performance.md`).
+///
+/// ```
+/// use observe_core::adapter::sole_header;
+///
+/// let headers: &[(&str, &[u8])] = &[("host", b"a"), ("traceparent", b"00-1"), ("accept", b"*/*")];
+/// let names = || headers.iter().map(|(name, _)| name);
+/// let all = |wanted: &'static str| {
+///     move || headers.iter().filter(move |(n, _)| *n == wanted).map(|(_, v)| *v)
+/// };
+/// assert_eq!(sole_header(3, names(), &"traceparent", all("traceparent")), Some(&b"00-1"[..]));
+/// assert_eq!(sole_header(3, names(), &"tracestate", all("tracestate")), None);
+/// ```
+#[inline]
+pub fn sole_header<'a, N, I>(
+    count: usize,
+    mut names: impl Iterator<Item = &'a N>,
+    name: &N,
+    values: impl FnOnce() -> I,
+) -> Option<&'a [u8]>
+where
+    N: PartialEq + ?Sized + 'a,
+    I: Iterator<Item = &'a [u8]>,
+{
+    if count <= FEW_HEADERS && !names.any(|n| n == name) {
+        return None;
+    }
+    let mut values = values();
+    let value = values.next()?;
+    values.next().is_none().then_some(value)
+}
+
 /// A sampled trace: the ids an exemplar carries.
 ///
 /// ```

@@ -7,7 +7,9 @@ use std::io::Read;
 
 use observe_core::adapter::MethodLabel;
 use observe_core::prometheus::{IntCounter, Registry};
-use observe_core::{Format, HttpMetrics, MetricsEncoder, OVERFLOW_ROUTE, UNMATCHED_ROUTE};
+use observe_core::{
+    Format, HttpMetrics, MetricsEncoder, MetricsEndpoint, OVERFLOW_ROUTE, UNMATCHED_ROUTE,
+};
 use proptest::prelude::*;
 
 const STANDARD_METHODS: [&str; 9] = [
@@ -190,12 +192,12 @@ fn accepts_gzip_model(items: &[(String, Option<String>)]) -> bool {
         .unwrap_or(false)
 }
 
-fn small_registry() -> MetricsEncoder {
+fn small_registry() -> Registry {
     let registry = Registry::new();
     let counter = IntCounter::new("jobs_total", "Jobs.").unwrap();
     counter.inc_by(7);
     registry.register(Box::new(counter)).unwrap();
-    MetricsEncoder::new(registry)
+    registry
 }
 
 proptest! {
@@ -204,7 +206,7 @@ proptest! {
     /// Any header value at all: no panic, and the answer is the exposition, plain or gzipped.
     #[test]
     fn any_accept_encoding_gets_the_exposition_plain_or_gzipped(header in ".{0,80}") {
-        let encoder = small_registry();
+        let encoder = MetricsEncoder::new(small_registry());
         let plain = encoder.encode(Format::Text, None).unwrap().body;
         let out = encoder.encode(Format::Text, Some(&header)).unwrap();
         match out.content_encoding {
@@ -216,7 +218,7 @@ proptest! {
                 prop_assert_eq!(&text, &plain);
             }
         }
-        let answer = encoder.respond(None, Some(&header));
+        let answer = MetricsEndpoint::new(small_registry()).respond_blocking(None, Some(&header));
         prop_assert_eq!(answer.status, 200);
         prop_assert_eq!(answer.header("vary"), Some("accept, accept-encoding"));
     }
@@ -237,7 +239,7 @@ proptest! {
             })
             .collect::<Vec<_>>()
             .join(sep);
-        let out = small_registry().encode(Format::Text, Some(&header)).unwrap();
+        let out = MetricsEncoder::new(small_registry()).encode(Format::Text, Some(&header)).unwrap();
         prop_assert_eq!(out.content_encoding.is_some(), accepts_gzip_model(&items), "{:?}", header);
     }
 
@@ -246,7 +248,7 @@ proptest! {
     #[test]
     fn any_accept_gets_one_of_the_three_formats(header in ".{0,120}") {
         let format = Format::negotiate(Some(&header));
-        let answer = small_registry().respond(Some(&header), None);
+        let answer = MetricsEndpoint::new(small_registry()).respond_blocking(Some(&header), None);
         prop_assert_eq!(answer.status, 200);
         prop_assert_eq!(answer.content_type, format.content_type());
         prop_assert!([Format::Text, Format::OpenMetrics, Format::Protobuf].contains(&format));

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::error::PprofError;
 use crate::response;
-use observe_core::adapter::Answer;
+use observe_core::adapter::EndpointResponse;
 
 /// What an [`Access`] rule sees of a `/debug/pprof` request. Adapters fill it in.
 ///
@@ -158,7 +158,7 @@ impl Access {
     }
 
     /// `Ok` to serve the request, or the 401/403 answer to send instead.
-    pub(crate) fn check(&self, req: &AccessRequest<'_>) -> Result<(), Answer> {
+    pub(crate) fn check(&self, req: &AccessRequest<'_>) -> Result<(), EndpointResponse> {
         match &self.0 {
             Rule::Anyone => Ok(()),
             Rule::Loopback => match req.peer() {

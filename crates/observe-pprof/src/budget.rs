@@ -3,8 +3,8 @@
 //!
 //! The worst case, not the usual: a CPU profile keeps at most [`MAX_STACKS`] stacks of at
 //! most [`MAX_DEPTH`] frames, symbolizing reads the symbol tables of the modules mapped in
-//! the process, and encoding holds about as much again as the stacks. The examples need
-//! ~2 MiB in practice (`docs/performance.md`); their worst case is ~24 MiB.
+//! the process, and encoding holds about as much again as the stacks. What the examples need
+//! in practice, and their worst case, are in `docs/performance.md`.
 //!
 //! A task dump holds a trace of every task, so it is counted from the tasks alive when it is
 //! asked for, at [`TASK`] each.
@@ -22,12 +22,11 @@ const RING: u64 = 264 * 1024;
 /// A kept stack: its frames, its count and the map's overhead.
 const STACK: u64 = (MAX_DEPTH as u64) * 8 + 64;
 /// What a heap profile holds besides the symbol tables: jemalloc's dump, parsed, and its
-/// encoding (a dump of the examples is ~100 KiB).
+/// encoding (the examples' dumps are far smaller: `docs/performance.md`).
 const HEAP_DUMP: u64 = 8 * MIB;
 
-/// A task in a task dump: tokio's trace of it, its symbolized frames and its text. 10,000 idle
-/// tasks added ~7 MiB to a release build (`docs/performance.md`), ~0.7 KiB a task; counted
-/// about three times that, for tasks awaiting deeper than an idle one.
+/// A task in a task dump: tokio's trace of it, its symbolized frames and its text; about three
+/// times what an idle task measured (`docs/performance.md`), for tasks awaiting deeper.
 const TASK: u64 = 2 * 1024;
 
 /// What a CPU profile needs at worst.

@@ -149,7 +149,7 @@ impl ContinuousProfiling {
 
     /// Starts sampling and pushing, with the counter of pushes on `registry`. Profiling
     /// stops when the returned handle is dropped.
-    pub fn start(self, registry: &Registry) -> Result<ContinuousProfiler, PprofError> {
+    pub fn start(self, registry: &Registry) -> Result<ContinuousProfilingGuard, PprofError> {
         let (running, uploads) = self.spawn(None)?;
         registry.register(Box::new(uploads)).map_err(|e| {
             PprofError::InvalidContinuousProfiling(format!("{UPLOADS_METRIC}: {e}"))
@@ -176,7 +176,7 @@ impl ContinuousProfiling {
     fn spawn(
         mut self,
         service: Option<&str>,
-    ) -> Result<(ContinuousProfiler, IntCounterVec), PprofError> {
+    ) -> Result<(ContinuousProfilingGuard, IntCounterVec), PprofError> {
         let uploads = IntCounterVec::new(
             Opts::new(
                 UPLOADS_METRIC,
@@ -217,7 +217,7 @@ impl ContinuousProfiling {
             .name("observe-pyroscope".into())
             .spawn(move || pusher.run(subscription))
             .map_err(|e| PprofError::Sampler(format!("cannot start the push thread: {e}")))?;
-        let running = ContinuousProfiler {
+        let running = ContinuousProfilingGuard {
             stop,
             thread: Some(thread),
         };
@@ -229,7 +229,7 @@ impl ContinuousProfiling {
 /// registry stops it.
 struct Uploads {
     counter: IntCounterVec,
-    _running: ContinuousProfiler,
+    _running: ContinuousProfilingGuard,
 }
 
 impl Collector for Uploads {
@@ -245,12 +245,12 @@ impl Collector for Uploads {
 /// Continuous profiling while it lives; dropping it stops the pushes (the window in
 /// progress is not sent) and, if nothing else samples, the sampler.
 #[derive(Debug)]
-pub struct ContinuousProfiler {
+pub struct ContinuousProfilingGuard {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for ContinuousProfiler {
+impl Drop for ContinuousProfilingGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {

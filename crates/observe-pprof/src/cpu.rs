@@ -224,30 +224,54 @@ pub(crate) fn one_profiling_test_at_a_time() -> std::sync::MutexGuard<'static, (
 mod tests {
     use super::*;
 
+    /// Seconds of CPU time the calling thread has used.
+    fn thread_cpu_seconds() -> f64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid timespec to write into.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+        assert_eq!(rc, 0);
+        now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+    }
+
+    /// Burns CPU until `stop` is set; returns the CPU seconds it got (the test shares the
+    /// machine with others, so not necessarily a whole core).
     #[inline(never)]
-    fn spin_for_the_cpu_profile_test(until: Instant) -> u64 {
+    fn spin_for_the_cpu_profile_test(stop: &AtomicBool) -> f64 {
+        let started = thread_cpu_seconds();
         let mut x = 1u64;
-        while Instant::now() < until {
+        while !stop.load(Ordering::Relaxed) {
             for _ in 0..1000 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
         }
-        x
+        std::hint::black_box(x);
+        thread_cpu_seconds() - started
     }
 
     #[test]
     fn a_profile_names_the_function_that_burned_the_cpu_in_every_format() {
-        let until = Instant::now() + Duration::from_millis(1500);
-        let spinner = std::thread::spawn(move || spin_for_the_cpu_profile_test(until));
         let params = ProfileParams::parse(Some("seconds=1&frequency=250"), 60).unwrap();
         let _serial = one_profiling_test_at_a_time();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let spinning = stop.clone();
+        let spinner = std::thread::spawn(move || spin_for_the_cpu_profile_test(&spinning));
         let profile = CpuProfiler::acquire()
             .unwrap()
             .record(params, &AtomicBool::new(false))
             .unwrap();
-        spinner.join().unwrap();
-        // One thread busy for a second at 250 Hz: ~250 samples (CPU time, not wall time).
-        assert!(profile.samples() > 100, "{profile:?}");
+        stop.store(true, Ordering::Relaxed);
+        let spun = spinner.join().unwrap();
+        // 250 samples per CPU-second the spinner got (CPU time, not wall time): it began
+        // before the profile and ended after, so the profile saw at most all of it.
+        let expected = spun * 250.0;
+        assert!(
+            profile.samples() as f64 > 0.5 * expected,
+            "{profile:?}, the spinner got {spun:.2} CPU-s"
+        );
         let spinning: u64 = profile
             .folded()
             .iter()

@@ -59,7 +59,7 @@ pub enum PprofError {
     /// The client went away before the profile was complete.
     #[error("the client went away; profiling stopped early")]
     Cancelled,
-    /// pprof-rs could not start or read the sampler.
+    /// The sampler could not start (the signal handler, the timer, or its thread).
     #[error("CPU profiler failed: {0}")]
     Sampler(String),
     /// A continuous-profiling setting is invalid (the message says which and why).

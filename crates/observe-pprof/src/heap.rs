@@ -4,6 +4,45 @@ use crate::error::PprofError;
 #[cfg(feature = "jemalloc-heap-profile")]
 use crate::proto::ProfileBuilder;
 
+/// jemalloc as Rust's global allocator, built with its heap profiler (the
+/// `jemalloc-heap-profile` feature):
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOC: observe_pprof::Jemalloc = observe_pprof::Jemalloc;
+/// ```
+#[cfg(feature = "jemalloc-heap-profile")]
+pub use tikv_jemallocator::Jemalloc;
+
+/// Makes jemalloc the global allocator with its heap profiler switched on at start-up, so
+/// `/debug/pprof/heap` has samples: one allocation per 512 KiB allocated on average
+/// (`lg_prof_sample:19`), cheap enough for production. `_RJEM_MALLOC_CONF` in the environment
+/// still overrides it (`prof:false` turns it off). Use it once, in the binary crate (the
+/// adapters re-export it: `observe_tower::jemalloc_heap_profiling!()`):
+///
+/// ```ignore
+/// observe_pprof::jemalloc_heap_profiling!();
+/// ```
+#[cfg(feature = "jemalloc-heap-profile")]
+#[macro_export]
+macro_rules! jemalloc_heap_profiling {
+    () => {
+        /// jemalloc, built with its heap profiler, serves every allocation.
+        #[global_allocator]
+        static OBSERVE_JEMALLOC: $crate::Jemalloc = $crate::Jemalloc;
+
+        // jemalloc reads this symbol as a `const char *`: a thin pointer to NUL-terminated
+        // options, which is exactly the layout of `&u8` (a `&[u8]` would be a fat pointer).
+        // Exporting a symbol under a fixed name is unsafe code because rustc cannot check
+        // the type the C side expects.
+        /// jemalloc's start-up options: heap profiling on, `lg_prof_sample:19`.
+        #[allow(unsafe_code, non_upper_case_globals)]
+        #[export_name = "_rjem_malloc_conf"]
+        pub static observe_jemalloc_options: &u8 =
+            &b"prof:true,prof_active:true,lg_prof_sample:19\0"[0];
+    };
+}
+
 /// What a process needs for heap profiles; repeated in every "unavailable" answer.
 pub(crate) const HOW_TO_ENABLE: &str = "build with observe's `jemalloc-heap-profile` feature \
 and put `observe_tower::jemalloc_heap_profiling!();` (or `observe_actix::`, `observe_pprof::`) in \

@@ -1,4 +1,10 @@
-//! The HTML page at `/debug/pprof/`.
+//! The HTML page at `/debug/pprof/`: what this process serves now, and why the rest is not
+//! available.
+
+use observe_core::adapter::EndpointResponse;
+
+use crate::params::DEFAULT_SECONDS;
+use crate::{heap, tasks};
 
 /// One row of the index: a profile this process serves right now.
 pub(crate) struct Entry {
@@ -9,9 +15,78 @@ pub(crate) struct Entry {
     pub(crate) seconds: Option<u64>,
 }
 
+/// The profiles this process serves now, by name (`cmdline`: whether it is enabled).
+pub(crate) fn served(cmdline: bool) -> Vec<&'static str> {
+    let mut names = vec!["profile", "flamegraph"];
+    if heap::availability().is_ok() {
+        names.push("heap");
+    }
+    if tasks::availability().is_ok() {
+        names.push("tasks");
+    }
+    if cmdline {
+        names.push("cmdline");
+    }
+    names
+}
+
+/// The index page, for a request that named `host`, of endpoints that take CPU profiles of
+/// up to `max_seconds` and serve `cmdline` or not.
+pub(crate) fn page(max_seconds: u64, cmdline: bool, host: Option<&str>) -> EndpointResponse {
+    let max = max_seconds;
+    let cpu_seconds = DEFAULT_SECONDS.min(max);
+    let flame_seconds = 10.min(max);
+    let mut entries = vec![
+        Entry {
+            name: "profile",
+            href: "profile",
+            description: "CPU profile in pprof format (30 s by default). Open with <code>go tool pprof</code>.",
+            seconds: Some(cpu_seconds),
+        },
+        Entry {
+            name: "flamegraph",
+            href: "flamegraph?seconds=10",
+            description: "The same CPU profile as an interactive SVG flame graph: click to zoom, Ctrl+F to search.",
+            seconds: Some(flame_seconds),
+        },
+    ];
+    let heap = heap::availability();
+    if heap.is_ok() {
+        entries.push(Entry {
+            name: "heap",
+            href: "heap",
+            description: "Live heap allocations sampled by jemalloc, in pprof format (<code>inuse_space</code>).",
+            seconds: None,
+        });
+    }
+    let tasks = tasks::availability();
+    if tasks.is_ok() {
+        entries.push(Entry {
+            name: "tasks",
+            href: "tasks",
+            description: "Every tokio task's await points as text, like Go's <code>goroutine?debug=2</code>.",
+            seconds: None,
+        });
+    }
+    if cmdline {
+        entries.push(Entry {
+            name: "cmdline",
+            href: "cmdline",
+            description: "The command line of this process, arguments separated by NUL bytes.",
+            seconds: None,
+        });
+    }
+    let notes: Vec<(&str, String)> = [("heap", heap.err()), ("tasks", tasks.err())]
+        .into_iter()
+        .filter_map(|(name, e)| Some((name, e?.to_string())))
+        .collect();
+    let html = render(&entries, max, &notes, host);
+    EndpointResponse::ok("text/html; charset=utf-8", html.into_bytes())
+}
+
 /// Renders the index. Links are relative, so the page works wherever the routes are mounted
 /// (it is always served at a path ending in `/`).
-pub(crate) fn render(
+fn render(
     entries: &[Entry],
     max_seconds: u64,
     notes: &[(&str, String)],

@@ -1,29 +1,28 @@
-//! A `/debug/pprof` request as [`Pprof::handle`](crate::Pprof::handle) leaves it: answered,
-//! or blocking work for the adapter to run off its async workers.
+//! A `/debug/pprof` request as the endpoints plan it: answered at once, or a profile to take
+//! off the async workers ([`ProfileJob`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use observe_core::adapter::Answer;
+use observe_core::adapter::{BlockingWork, EndpointResponse, TEXT_PLAIN};
 
 use crate::cpu::CpuProfiler;
 use crate::params::ProfileParams;
 use crate::{heap, response, tasks};
 
-/// What [`Pprof::handle`](crate::Pprof::handle) made of a request: its answer, or the blocking work that gives it.
+/// What a request comes to once checked: its response, or the profile that gives it.
 #[derive(Debug)]
-#[must_use]
-pub enum Handled {
-    /// The answer, at once (the index, `cmdline`, any error, 409).
-    Ready(Answer),
-    /// Blocking work: run [`ProfileJob::run`] on a blocking thread.
-    Blocking(ProfileJob),
+pub(crate) enum Plan {
+    /// The response, at once (the index, `cmdline`, any error, 409).
+    Respond(EndpointResponse),
+    /// A profile to take on a blocking thread.
+    Profile(ProfileJob),
 }
 
 /// A profile to take, off the async workers. For a CPU profile it already holds the process's
 /// profiler, so a concurrent request has been answered 409.
 #[derive(Debug)]
-pub struct ProfileJob {
+pub(crate) struct ProfileJob {
     pub(crate) work: Work,
     pub(crate) cancel: Arc<AtomicBool>,
 }
@@ -42,10 +41,10 @@ pub(crate) enum Work {
     },
 }
 
-/// Stops the [`ProfileJob`] it came from when dropped. Keep it in the request's future:
-/// a client that disconnects drops the future, and the profiler is free again within ~25 ms.
+/// Stops the [`ProfileJob`] it came from when dropped. Kept in the request's future: a client
+/// that disconnects drops the future, and the profiler is free again within ~25 ms.
 #[derive(Debug)]
-pub struct CancelOnDrop(Arc<AtomicBool>);
+pub(crate) struct CancelOnDrop(Arc<AtomicBool>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -55,12 +54,14 @@ impl Drop for CancelOnDrop {
 
 impl ProfileJob {
     /// A guard that stops this job when dropped (harmless once the job is done).
-    pub fn cancel_on_drop(&self) -> CancelOnDrop {
+    pub(crate) fn cancel_on_drop(&self) -> CancelOnDrop {
         CancelOnDrop(self.cancel.clone())
     }
+}
 
+impl BlockingWork for ProfileJob {
     /// Takes the profile and encodes it. Blocks for the profile's duration.
-    pub fn run(self) -> Answer {
+    fn run(self) -> EndpointResponse {
         let result = match self.work {
             Work::Cpu {
                 profiler,
@@ -70,7 +71,7 @@ impl ProfileJob {
                 if flamegraph {
                     profile
                         .to_flamegraph()
-                        .map(|svg| Answer::ok("image/svg+xml", svg))
+                        .map(|svg| EndpointResponse::ok("image/svg+xml", svg))
                 } else {
                     profile
                         .to_pprof()
@@ -78,9 +79,10 @@ impl ProfileJob {
                 }
             }),
             Work::Heap => heap::dump().map(|pb| response::attachment(pb, "heap")),
-            Work::Tasks { _profiler } => tasks::dump(&self.cancel)
-                .map(|text| Answer::ok(observe_core::adapter::TEXT_PLAIN, text)),
+            Work::Tasks { _profiler } => {
+                tasks::dump(&self.cancel).map(|text| EndpointResponse::ok(TEXT_PLAIN, text))
+            }
         };
-        result.unwrap_or_else(Answer::from)
+        result.unwrap_or_else(EndpointResponse::from)
     }
 }

@@ -1,29 +1,23 @@
-//! The `/debug/pprof` flavours of [`Answer`]: downloads, and errors `go tool pprof` shows.
+//! The `/debug/pprof` flavours of [`EndpointResponse`]: downloads, and errors `go tool pprof`
+//! shows.
 
 use crate::error::PprofError;
-use observe_core::adapter::Answer;
+use observe_core::adapter::EndpointResponse;
 
 /// A profile download: `go tool pprof` and browsers save it as `filename`.
-pub(crate) fn attachment(body: Vec<u8>, filename: &str) -> Answer {
-    Answer::ok("application/octet-stream", body).with_header(
+pub(crate) fn attachment(body: Vec<u8>, filename: &str) -> EndpointResponse {
+    EndpointResponse::ok("application/octet-stream", body).with_header(
         "content-disposition",
         format!("attachment; filename=\"{filename}\""),
     )
 }
 
-/// A one-line `text/plain` error that `go tool pprof` shows as is.
-///
-/// ```
-/// let answer = observe_pprof::adapter::error(500, "profiling failed: no thread");
-/// assert_eq!(answer.status, 500);
-/// assert_eq!(answer.header("x-go-pprof"), Some("1"));
-/// assert_eq!(answer.body_text(), "profiling failed: no thread\n");
-/// ```
-pub fn error(status: u16, message: &str) -> Answer {
-    Answer::text(status, message).with_header("x-go-pprof", "1")
+/// A one-line `text/plain` error that `go tool pprof` shows as is (`X-Go-Pprof: 1`).
+pub(crate) fn error(status: u16, message: &str) -> EndpointResponse {
+    EndpointResponse::text(status, message).with_header("x-go-pprof", "1")
 }
 
-impl From<PprofError> for Answer {
+impl From<PprofError> for EndpointResponse {
     fn from(error: PprofError) -> Self {
         self::error(error.status(), &error.to_string())
     }

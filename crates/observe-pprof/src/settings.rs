@@ -3,7 +3,9 @@
 
 use observe_core::HttpMetrics;
 
-use crate::{ContinuousProfiling, Pprof, PprofError};
+use crate::continuous::ContinuousProfiling;
+use crate::endpoints::Pprof;
+use crate::error::PprofError;
 
 /// Profiling settings on an adapter's middleware: what its `routes()` serve under
 /// `/debug/pprof`, and continuous profiling. Each adapter re-exports this trait at its root

@@ -1,10 +1,10 @@
 //! Names for a profile's addresses, found in the process (a position-independent binary's
 //! addresses mean nothing to a symbolizer outside it), from each module's ELF symbol table:
 //! the executable's `.symtab`, a stripped library's `.dynsym`. Only the symbol tables are read
-//! (never DWARF: detached debug info for libc alone costs ~30 MiB to parse), only for the
-//! modules a profile's addresses fall in, and all of it is freed before the profile is
-//! encoded. So a profile costs about the size of those tables (1–2 MiB for the examples) and
-//! leaves nothing behind. Names carry no file or line.
+//! (never DWARF: parsing a library's detached debug info costs more than the memory budget of
+//! a profile, `docs/performance.md`), only for the modules a profile's addresses fall in, and
+//! all of it is freed before the profile is encoded. So a profile costs about the size of those
+//! tables and leaves nothing behind. Names carry no file or line.
 
 use std::collections::HashMap;
 use std::fs::File;

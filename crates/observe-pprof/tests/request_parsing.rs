@@ -2,17 +2,48 @@
 //! parameters, the profile name, the `Authorization` header and the proxy headers. Whatever a
 //! client sends, nothing panics, a profile's bounds hold, and every refusal is a one-line
 //! answer of bounded length with the status `docs/pprof.md` gives.
-use observe_pprof::adapter::Handled;
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use observe_core::adapter::{BlockingWork, EndpointResponse, Executor};
 use observe_pprof::{Access, AccessRequest, Pprof, ProfileParams, MAX_FREQUENCY};
 use proptest::prelude::*;
 
 const LOCAL: [u8; 4] = [127, 0, 0, 1];
 
-/// The answer of a request that must not start a profile.
-fn ready(handled: Handled) -> observe_core::adapter::Answer {
-    match handled {
-        Handled::Ready(answer) => answer,
-        Handled::Blocking(_) => panic!("this request must not start a profile"),
+/// An executor for requests that must not start a profile: it refuses to run one.
+struct NoProfiles;
+
+impl Executor for NoProfiles {
+    fn spawn_blocking<W: BlockingWork>(
+        _: W,
+    ) -> impl Future<Output = Result<EndpointResponse, String>> + Send {
+        panic!("this request must not start a profile");
+        #[allow(unreachable_code)]
+        std::future::pending()
+    }
+
+    fn sleep(_: Duration) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+}
+
+/// The response to a request that must not start a profile.
+fn respond(
+    pprof: &Pprof,
+    req: &AccessRequest<'_>,
+    name: &str,
+    query: Option<&str>,
+) -> EndpointResponse {
+    let mut response =
+        std::pin::pin!(pprof.respond::<NoProfiles>(req, name, query, std::future::pending()));
+    match response
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(response) => response,
+        Poll::Pending => panic!("a request that starts no profile is answered at once"),
     }
 }
 
@@ -83,7 +114,7 @@ proptest! {
     fn unknown_profile_names_are_a_bounded_one_line_404(name in ".{0,200}", query in query()) {
         prop_assume!(!["", "profile", "flamegraph", "heap", "cmdline"].contains(&name.as_str()));
         let req = AccessRequest::new("/debug/pprof/x", Some(LOCAL.into()));
-        let answer = ready(Pprof::new().handle(&req, &name, Some(&query)));
+        let answer = respond(&Pprof::new(), &req, &name, Some(&query));
         prop_assert_eq!(answer.status, 404);
         let body = answer.body_text();
         prop_assert_eq!(body.trim_end_matches('\n').lines().count(), 1, "{:?}", body);
@@ -132,7 +163,7 @@ proptest! {
         let peer = if remote { [192, 0, 2, 1] } else { LOCAL };
         let req = AccessRequest::new("/debug/pprof/", Some(peer.into()))
             .with_header("Authorization", &header);
-        let answer = ready(pprof.handle(&req, "", None));
+        let answer = respond(&pprof, &req, "", None);
         if bearer_model(&header, &token) {
             prop_assert_eq!(answer.status, 200, "{:?}", header);
         } else {
@@ -171,7 +202,7 @@ proptest! {
         let proxied = headers.iter().any(|(name, _)| {
             ["forwarded", "x-forwarded-for", "x-real-ip"].contains(&name.to_ascii_lowercase().as_str())
         });
-        let answer = ready(Pprof::new().handle(&req, "", None));
+        let answer = respond(&Pprof::new(), &req, "", None);
         prop_assert_eq!(answer.status, if proxied { 403 } else { 200 });
     }
 }

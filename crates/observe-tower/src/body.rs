@@ -3,7 +3,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
-use observe_core::adapter::{BodyTracker, ByteTally, Polled, RequestRecord, ResponseRecord};
+use observe_core::adapter::{BodyEvent, BodyTracker, ByteTally, RequestRecord, ResponseRecord};
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -39,12 +39,12 @@ impl<B: Body> Body for ResponseBody<B> {
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if this.tracker.is_recording() {
             this.tracker.polled(match &frame {
-                Some(Ok(frame)) => Polled::Data {
+                Some(Ok(frame)) => BodyEvent::Data {
                     bytes: frame.data_ref().map_or(0, |d| d.remaining() as u64),
                     last: this.inner.is_end_stream(),
                 },
-                Some(Err(_)) => Polled::Error,
-                None => Polled::End,
+                Some(Err(_)) => BodyEvent::Error,
+                None => BodyEvent::End,
             });
         }
         Poll::Ready(frame)

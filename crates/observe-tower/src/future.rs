@@ -7,7 +7,7 @@ use observe_core::adapter::{MetricsId, RequestRecord};
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
-use crate::service::nested::RouteSlot;
+use crate::route::NestedTemplate;
 
 pin_project! {
     /// Response future of [`Observe`](crate::Observe): hands the record to the response body.
@@ -19,7 +19,7 @@ pin_project! {
         inner: F,
         record: Option<RequestRecord>,
         // A request axum had no template for: a nested layer may name it before it ends.
-        slot: Option<(RouteSlot, MetricsId)>,
+        slot: Option<(NestedTemplate, MetricsId)>,
     }
 }
 
@@ -27,7 +27,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: F,
         record: Option<RequestRecord>,
-        slot: Option<(RouteSlot, MetricsId)>,
+        slot: Option<(NestedTemplate, MetricsId)>,
     ) -> Self {
         ResponseFuture {
             inner,

@@ -4,19 +4,8 @@ use http::request::Parts;
 use observe_core::{HttpMetrics, ObserveBuilder};
 use tower_layer::Layer;
 
+use crate::route::RouteFn;
 use crate::service::Observe;
-
-/// A route function: the template of a request, borrowed from it, or `None` for unmatched.
-#[derive(Clone)]
-pub(crate) struct RouteFn(pub(crate) Arc<RouteFnDyn>);
-
-type RouteFnDyn = dyn for<'a> Fn(&'a Parts) -> Option<&'a str> + Send + Sync;
-
-impl std::fmt::Debug for RouteFn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RouteFn")
-    }
-}
 
 /// The tower [`Layer`] that records per-route RED metrics.
 ///

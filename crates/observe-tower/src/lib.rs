@@ -27,12 +27,15 @@
 //! keeps its full template when it carries the same layer too (see [`ObserveLayer`]).
 
 mod body;
+#[cfg(feature = "axum")]
+mod endpoints;
 mod future;
 mod layer;
 #[cfg(feature = "pprof")]
 mod pprof;
 #[cfg(feature = "axum")]
-mod routes;
+mod response;
+mod route;
 mod service;
 
 pub use body::ResponseBody;

@@ -7,11 +7,10 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use observe_core::HttpMetrics;
-use observe_pprof::adapter::ProfileJob;
-use observe_pprof::{AccessRequest, Pprof, ProfilingSettings};
+use observe_pprof::{AccessRequest, Pprof, ProfilingSettings, PPROF_ROUTES};
 
 use crate::layer::ObserveLayer;
-use crate::routes::into_response;
+use crate::response::{into_response, Tokio};
 
 impl ProfilingSettings for ObserveLayer {
     fn pprof_setting(&mut self) -> &mut Option<Pprof> {
@@ -32,18 +31,19 @@ pub fn pprof_routes<S>(pprof: Pprof) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let index = pprof.clone();
+    let [redirect, index, profile] = PPROF_ROUTES;
+    let index_pprof = pprof.clone();
     Router::new()
         .route(
-            "/debug/pprof",
+            redirect,
             get(|| async { into_response(Pprof::redirect_to_index()) }),
         )
         .route(
-            "/debug/pprof/",
-            get(move |req: Request| serve(index.clone(), String::new(), req)),
+            index,
+            get(move |req: Request| serve(index_pprof.clone(), String::new(), req)),
         )
         .route(
-            "/debug/pprof/{profile}",
+            profile,
             get(move |Path(profile): Path<String>, req: Request| {
                 serve(pprof.clone(), profile, req)
             }),
@@ -89,12 +89,11 @@ async fn serve(pprof: Pprof, profile: String, req: Request) -> Response {
     let headers = req.headers.iter();
     let access = AccessRequest::new(req.uri.path(), peer)
         .with_headers(headers.map(|(name, value)| (name.as_str(), value.as_bytes())));
-    let run = |job: ProfileJob| tokio::task::spawn_blocking(move || job.run());
     // hyper drops this future when the client goes away, which stops the profile.
     let client_gone = std::future::pending();
     into_response(
         pprof
-            .answer(&access, &profile, req.uri.query(), run, client_gone)
+            .respond::<Tokio>(&access, &profile, req.uri.query(), client_gone)
             .await,
     )
 }

@@ -10,6 +10,8 @@
 //!
 //! `/debug/pprof/*` answers loopback clients only (observe's default); see docs/pprof.md.
 
+#[path = "../../shared/api.rs"]
+mod api;
 #[path = "../../shared/busy_work.rs"]
 mod busy_work;
 #[path = "../../shared/continuous_profiling.rs"]
@@ -22,11 +24,8 @@ use std::time::Duration;
 
 use actix_web::error::ErrorBadRequest;
 use actix_web::{guard, web, App, HttpResponse, HttpServer, Responder, Route};
-use bytes::Bytes;
 use observe_actix::observe_pprof;
 use observe_actix::{Observe, ProfilingSettings};
-use serde::Deserialize;
-use serde_json::json;
 
 // jemalloc serves every allocation, with its heap profiler on: `/debug/pprof/heap` shows
 // where live memory was allocated.
@@ -55,85 +54,27 @@ fn get() -> Route {
 }
 
 async fn user(id: web::Path<u64>) -> HttpResponse {
-    let id = id.into_inner();
-    HttpResponse::Ok().json(json!({ "id": id, "name": format!("user-{id}") }))
+    HttpResponse::Ok().json(api::user(id.into_inner()))
 }
 
 async fn item(id: web::Path<u64>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "id": id.into_inner(), "kind": "item" }))
+    HttpResponse::Ok().json(api::item(id.into_inner()))
 }
 
-#[derive(Deserialize)]
-struct SlowParams {
-    #[serde(default)]
-    ms: u64,
-}
-
-/// Sleeps `ms` milliseconds (capped at 60 s) before answering.
-async fn slow(p: web::Query<SlowParams>) -> String {
-    let ms = p.ms.min(60_000);
-    actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
-    format!("slept {ms} ms\n")
+async fn slow(p: web::Query<api::SlowParams>) -> String {
+    api::slow(p.into_inner()).await
 }
 
 async fn fail() -> HttpResponse {
-    HttpResponse::InternalServerError().body("this endpoint always fails\n")
+    HttpResponse::InternalServerError().body(api::FAIL)
 }
 
-#[derive(Deserialize)]
-struct StreamParams {
-    #[serde(default = "default_chunks")]
-    chunks: u32,
-    #[serde(default)]
-    delay_ms: u64,
-    /// Each line padded with spaces to this many bytes (at most 1 MiB): a long answer.
-    #[serde(default)]
-    pad: usize,
+async fn stream(p: web::Query<api::StreamParams>) -> impl Responder {
+    HttpResponse::Ok().streaming(api::stream(p.into_inner()))
 }
 
-fn default_chunks() -> u32 {
-    5
-}
-
-/// Streams `chunks` lines (at most 10,000), `delay_ms` (at most 10 s) apart, each `pad` bytes
-/// long when that is more than the line.
-async fn stream(p: web::Query<StreamParams>) -> impl Responder {
-    let chunks = p.chunks.min(10_000);
-    let delay = Duration::from_millis(p.delay_ms.min(10_000));
-    let pad = p.pad.min(1 << 20).saturating_sub(1);
-    let lines = futures_util::stream::unfold(0u32, move |i| async move {
-        if i == chunks {
-            return None;
-        }
-        if i > 0 {
-            actix_web::rt::time::sleep(delay).await;
-        }
-        let mut line = format!("chunk {i}");
-        line.extend(std::iter::repeat_n(' ', pad.saturating_sub(line.len())));
-        line.push('\n');
-        Some((Ok::<_, std::io::Error>(Bytes::from(line)), i + 1))
-    });
-    HttpResponse::Ok().streaming(lines)
-}
-
-#[derive(Deserialize)]
-struct WorkParams {
-    #[serde(default = "default_work_ms")]
-    ms: u64,
-}
-
-fn default_work_ms() -> u64 {
-    10
-}
-
-/// Burns `ms` milliseconds of CPU (at most 1 s) on a blocking thread: a workload for the
-/// CPU profile to find.
-async fn work(p: web::Query<WorkParams>) -> String {
-    let budget = Duration::from_millis(p.ms.min(1000));
-    let rounds = web::block(move || busy_work::busy_work(budget))
-        .await
-        .unwrap_or(0);
-    format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
+async fn work(p: web::Query<api::WorkParams>) -> String {
+    api::work(p.into_inner()).await
 }
 
 /// Spawns `n` tasks (at most 100,000 alive at once) that sleep `seconds` (default 60, at most 3600) on this

@@ -10,6 +10,8 @@
 //!
 //! `/debug/pprof/*` answers loopback clients only (observe's default); see docs/pprof.md.
 
+#[path = "../../shared/api.rs"]
+mod api;
 #[path = "../../shared/busy_work.rs"]
 mod busy_work;
 #[path = "../../shared/continuous_profiling.rs"]
@@ -18,19 +20,15 @@ mod continuous_profiling;
 mod runtime_load;
 mod server;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use bytes::Bytes;
 use observe_tower::observe_pprof;
 use observe_tower::{ObserveLayer, ProfilingSettings};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
+use std::net::SocketAddr;
 
 // jemalloc serves every allocation, with its heap profiler on: `/debug/pprof/heap` shows
 // where live memory was allocated.
@@ -51,87 +49,27 @@ fn api() -> Router {
 }
 
 async fn user(Path(id): Path<u64>) -> Json<Value> {
-    Json(json!({ "id": id, "name": format!("user-{id}") }))
+    Json(api::user(id))
 }
 
 async fn item(Path(id): Path<u64>) -> Json<Value> {
-    Json(json!({ "id": id, "kind": "item" }))
+    Json(api::item(id))
 }
 
-#[derive(Deserialize)]
-struct SlowParams {
-    #[serde(default)]
-    ms: u64,
-}
-
-/// Sleeps `ms` milliseconds (capped at 60 s) before answering.
-async fn slow(Query(p): Query<SlowParams>) -> String {
-    let ms = p.ms.min(60_000);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-    format!("slept {ms} ms\n")
+async fn slow(Query(p): Query<api::SlowParams>) -> String {
+    api::slow(p).await
 }
 
 async fn fail() -> (StatusCode, &'static str) {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "this endpoint always fails\n",
-    )
+    (StatusCode::INTERNAL_SERVER_ERROR, api::FAIL)
 }
 
-#[derive(Deserialize)]
-struct StreamParams {
-    #[serde(default = "default_chunks")]
-    chunks: u32,
-    #[serde(default)]
-    delay_ms: u64,
-    /// Each line padded with spaces to this many bytes (at most 1 MiB): a long answer.
-    #[serde(default)]
-    pad: usize,
+async fn stream(Query(p): Query<api::StreamParams>) -> Body {
+    Body::from_stream(api::stream(p))
 }
 
-fn default_chunks() -> u32 {
-    5
-}
-
-/// Streams `chunks` lines (at most 10,000), `delay_ms` (at most 10 s) apart, each `pad` bytes
-/// long when that is more than the line.
-async fn stream(Query(p): Query<StreamParams>) -> Body {
-    let chunks = p.chunks.min(10_000);
-    let delay = Duration::from_millis(p.delay_ms.min(10_000));
-    let pad = p.pad.min(1 << 20).saturating_sub(1);
-    let lines = futures_util::stream::unfold(0u32, move |i| async move {
-        if i == chunks {
-            return None;
-        }
-        if i > 0 {
-            tokio::time::sleep(delay).await;
-        }
-        let mut line = format!("chunk {i}");
-        line.extend(std::iter::repeat_n(' ', pad.saturating_sub(line.len())));
-        line.push('\n');
-        Some((Ok::<_, std::io::Error>(Bytes::from(line)), i + 1))
-    });
-    Body::from_stream(lines)
-}
-
-#[derive(Deserialize)]
-struct WorkParams {
-    #[serde(default = "default_work_ms")]
-    ms: u64,
-}
-
-fn default_work_ms() -> u64 {
-    10
-}
-
-/// Burns `ms` milliseconds of CPU (at most 1 s) on a blocking thread: a workload for the
-/// CPU profile to find.
-async fn work(Query(p): Query<WorkParams>) -> String {
-    let budget = Duration::from_millis(p.ms.min(1000));
-    let rounds = tokio::task::spawn_blocking(move || busy_work::busy_work(budget))
-        .await
-        .unwrap_or(0);
-    format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
+async fn work(Query(p): Query<api::WorkParams>) -> String {
+    api::work(p).await
 }
 
 /// Spawns `n` tasks (at most 100,000 alive at once) that sleep `seconds` (default 60, at most 3600): they

@@ -28,7 +28,7 @@ pub(crate) use ring::MAX_DEPTH;
 pub(crate) const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Distinct stacks one window keeps; samples of further stacks are counted in
-/// [`Window::others`]. ~40 stacks per 30 s is typical of a web service; 20,000 is 5–10 MiB.
+/// [`Window::others`]. 20,000 stacks of [`MAX_DEPTH`] frames are at most ~10 MiB.
 pub(crate) const MAX_STACKS: usize = 20_000;
 
 /// Code where the signal handler does not unwind (it may hold the loader's or the unwinder's

@@ -130,7 +130,7 @@ fn sample(target: &Target, pc: usize) {
     // signal frame's CFI hands it over exactly). Frames above it are the sampler's own.
     let mut reached = false;
     // SAFETY: `trace_unsynchronized` needs no other thread to unwind at the same time through
-    // backtrace's lock-free path; libgcc's unwinder is what pprof-rs and Go's cgo traceback
+    // backtrace's lock-free path; libgcc's unwinder is what Go's cgo traceback and other Rust profilers
     // use from signal handlers, with the same blocklist against its one lock.
     unsafe {
         backtrace::trace_unsynchronized(|frame| {

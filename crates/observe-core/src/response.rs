@@ -1,17 +1,20 @@
-/// A framework-neutral HTTP response: what observe's own routes (`/metrics`, `/debug/pprof`)
-/// answer. Each adapter converts it into its framework's response type, in one place.
+//! What observe's own endpoints (`/metrics`, `/debug/pprof`) respond, before an adapter turns
+//! it into its framework's response type.
+
+/// A framework-neutral HTTP response: what observe's own endpoints (`/metrics`,
+/// `/debug/pprof`) respond. Each adapter converts it into its framework's response type, in
+/// one place.
 ///
 /// ```
-/// use observe_core::{HttpMetrics, MetricsEncoder};
+/// use observe_core::adapter::EndpointResponse;
 ///
-/// let metrics = HttpMetrics::new("svc");
-/// let answer = MetricsEncoder::new(metrics.registry().clone()).respond(None, Some("gzip"));
-/// assert_eq!(answer.status, 200);
-/// assert_eq!(answer.header("content-encoding"), Some("gzip"));
-/// assert_eq!(answer.header("vary"), Some("accept, accept-encoding"));
+/// let response = EndpointResponse::text(404, "no such profile").with_header("x-go-pprof", "1");
+/// assert_eq!(response.status, 404);
+/// assert_eq!(response.header("x-go-pprof"), Some("1"));
+/// assert_eq!(response.body_text(), "no such profile\n");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub struct EndpointResponse {
     /// HTTP status code.
     pub status: u16,
     /// `Content-Type`.
@@ -22,13 +25,13 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-/// `Content-Type` of plain-text answers and errors.
+/// `Content-Type` of plain-text responses and errors.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
-impl Answer {
+impl EndpointResponse {
     /// `200` with `body` of `content_type`.
     pub fn ok(content_type: &'static str, body: Vec<u8>) -> Self {
-        Answer {
+        EndpointResponse {
             status: 200,
             content_type,
             headers: Vec::new(),
@@ -36,9 +39,9 @@ impl Answer {
         }
     }
 
-    /// A one-line `text/plain` answer, e.g. an error.
+    /// A one-line `text/plain` response, e.g. an error.
     pub fn text(status: u16, message: &str) -> Self {
-        Answer {
+        EndpointResponse {
             status,
             content_type: TEXT_PLAIN,
             headers: Vec::new(),
@@ -46,7 +49,7 @@ impl Answer {
         }
     }
 
-    /// The same answer with one more header.
+    /// The same response with one more header.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self

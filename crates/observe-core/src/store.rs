@@ -1,12 +1,12 @@
-//! What requests write into and `/metrics` reads from: one service's [`State`] (its series,
-//! in-flight counters and route table), the [`Owner`] whose drop closes it, and the per-thread
-//! caches a request uses to find its state and series without a lock.
+//! What requests write into and `/metrics` reads from: one service's [`MetricsStore`] (its
+//! series, in-flight counters and route table), the [`StoreOwner`] whose drop closes it, and the
+//! per-thread caches a request uses to find its store and series without a lock.
 //!
-//! A request in flight holds its metrics' id, not a reference: it finds the [`State`] through
-//! [`with_state`]. A thread keeps the states it met (at most [`STATE_SLOTS`]) until they close
-//! (every handle and the registry dropped, see [`Owner`]): closing bumps [`CLOSED`], and each
-//! thread drops its closed states at its next request, or when it exits. A request whose
-//! state closed ends unrecorded: nobody could read it. Series (their counters) a thread cached
+//! A request in flight holds its metrics' id, not a reference: it finds the [`MetricsStore`]
+//! through [`with_store`]. A thread keeps the stores it met (at most [`STORE_SLOTS`]) until they
+//! close (every handle and the registry dropped, see [`StoreOwner`]): closing bumps [`CLOSED`],
+//! and each thread drops its closed stores at its next request, or when it exits. A request
+//! whose store closed ends unrecorded: nobody could read it. Series (their counters) a thread cached
 //! stay until their slots are reused, at most [`CACHE_SLOTS`] of them. Ids are never reused and
 //! series are never removed, so an entry is never stale. A hit costs no lock and no atomic
 //! read-modify-write (`docs/performance.md` gives what each cache saves).
@@ -17,13 +17,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, RwLock, Weak};
 
-use crate::config::ObserveBuilder;
 use crate::exemplar::{stamp, ExemplarCell, Recorded};
 use crate::exposition::model::NativeBuckets;
 use crate::histogram::{Bounds, HistogramSnapshot};
 use crate::labels::MethodLabel;
 use crate::native::{NativeCells, NativeLayout};
 use crate::routes::{RouteId, RouteTable};
+use crate::settings::Settings;
 use crate::shard::{Shard, SHARDS};
 use crate::sync::{cache_slot, read, write, CACHE_SLOTS};
 use crate::trace::{TraceContext, TraceHook};
@@ -31,23 +31,23 @@ use crate::trace::{TraceContext, TraceHook};
 /// Held by every [`HttpMetrics`](crate::HttpMetrics) handle and by the collector on the registry: its drop is the
 /// moment nobody can read the metrics any more.
 #[derive(Debug)]
-pub(crate) struct Owner {
-    pub(crate) state: Arc<State>,
+pub(crate) struct StoreOwner {
+    pub(crate) store: Arc<MetricsStore>,
 }
 
-impl Drop for Owner {
+impl Drop for StoreOwner {
     fn drop(&mut self) {
-        self.state.closed.store(true, Ordering::Release);
-        close_state(self.state.id);
+        self.store.closed.store(true, Ordering::Release);
+        close_store(self.store.id);
     }
 }
 
 /// What requests write into and `/metrics` reads from.
 #[derive(Debug)]
-pub(crate) struct State {
+pub(crate) struct MetricsStore {
     /// Never reused, so per-thread caches can key on it.
     pub(crate) id: u64,
-    /// Nobody can read these metrics any more (see [`Owner`]).
+    /// Nobody can read these metrics any more (see [`StoreOwner`]).
     pub(crate) closed: AtomicBool,
     pub(crate) service: String,
     pub(crate) const_labels: Vec<(String, String)>,
@@ -123,11 +123,11 @@ pub(crate) enum Histogram {
 }
 
 impl Series {
-    fn new(state: &State) -> Self {
+    fn new(store: &MetricsStore) -> Self {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let native_shards = if state.native.is_some() { SHARDS } else { 0 };
+        let native_shards = if store.native.is_some() { SHARDS } else { 0 };
         Series {
             shards: Default::default(),
             native: (0..native_shards).map(|_| OnceLock::new()).collect(),
@@ -137,8 +137,8 @@ impl Series {
     }
 
     /// The native buckets of the duration summed over the shards, when they are on.
-    pub(crate) fn native_snapshot(&self, state: &State) -> Option<NativeBuckets> {
-        let layout = state.native.as_ref()?;
+    pub(crate) fn native_snapshot(&self, store: &MetricsStore) -> Option<NativeBuckets> {
+        let layout = store.native.as_ref()?;
         Some(layout.snapshot(self.native.iter().filter_map(OnceLock::get)))
     }
 
@@ -157,17 +157,17 @@ impl Series {
 
     /// `shard`'s copy of the cells, allocated on first use.
     #[inline]
-    fn cells(&self, shard: Shard, state: &State) -> &[AtomicU64] {
+    fn cells(&self, shard: Shard, store: &MetricsStore) -> &[AtomicU64] {
         self.shards[shard.index()].get_or_init(|| {
-            (0..state.cells_per_shard())
+            (0..store.cells_per_shard())
                 .map(|_| AtomicU64::new(0))
                 .collect()
         })
     }
 
     /// One histogram summed over the shards.
-    pub(crate) fn snapshot(&self, state: &State, which: Histogram) -> HistogramSnapshot {
-        let range = state.cells_of(which);
+    pub(crate) fn snapshot(&self, store: &MetricsStore, which: Histogram) -> HistogramSnapshot {
+        let range = store.cells_of(which);
         let mut snapshot = HistogramSnapshot::default();
         for cells in self.shards.iter().filter_map(OnceLock::get) {
             snapshot.add(&cells[range.clone()]);
@@ -185,16 +185,16 @@ pub(crate) struct Observation {
     pub(crate) trace: Option<TraceContext>,
 }
 
-impl Owner {
-    /// The state `config` describes, open: requests find it from now on.
-    pub(crate) fn open<T>(config: ObserveBuilder<T>) -> Arc<Owner> {
+impl StoreOwner {
+    /// The store `config` describes, open: requests find it from now on.
+    pub(crate) fn open(config: Settings) -> Arc<StoreOwner> {
         if config.exemplars {
             // Exemplar times count from this clock pair: set it before any request starts, or
             // the first traced request (started earlier) would be stamped in the future.
             crate::exemplar::start_clock();
         }
-        let state = Arc::new(State {
-            id: new_state_id(),
+        let store = Arc::new(MetricsStore {
+            id: new_store_id(),
             closed: AtomicBool::new(false),
             const_labels: config.const_labels.into_iter().collect(),
             routes: RouteTable::new(&config.excluded_routes, config.max_routes),
@@ -213,12 +213,12 @@ impl Owner {
             requests: Box::default(),
             service: config.service,
         });
-        write(&LIVE).insert(state.id, Arc::downgrade(&state));
-        Arc::new(Owner { state })
+        write(&LIVE).insert(store.id, Arc::downgrade(&store));
+        Arc::new(StoreOwner { store })
     }
 }
 
-impl State {
+impl MetricsStore {
     /// Counts a request in flight (its route is one that is recorded).
     #[inline]
     pub(crate) fn count_start(&self, method: MethodLabel) {
@@ -327,63 +327,63 @@ impl State {
     }
 }
 
-/// A fresh id for a [`State`] (and its series map); ids are never reused, and consecutive so
-/// that a process's first [`STATE_SLOTS`] states never collide in the per-thread cache.
-fn new_state_id() -> u64 {
+/// A fresh id for a [`MetricsStore`] (and its series map); ids are never reused, and consecutive so
+/// that a process's first [`STORE_SLOTS`] stores never collide in the per-thread cache.
+fn new_store_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// States a thread remembers, and states it found closed (ids are never reused, so a closed
-/// state stays closed: a layer whose metrics nobody can read pays no lock per request).
-const STATE_SLOTS: usize = 8;
+/// Stores a thread remembers, and stores it found closed (ids are never reused, so a closed
+/// store stays closed: a layer whose metrics nobody can read pays no lock per request).
+const STORE_SLOTS: usize = 8;
 
 type SeriesSlot = Option<(u64, SeriesKey, Arc<Series>)>;
 /// `(id, None)`: known to be closed.
-type StateSlot = Option<(u64, Option<Arc<State>>)>;
+type StoreSlot = Option<(u64, Option<Arc<MetricsStore>>)>;
 
-/// A thread's states, and the [`CLOSED`] count it last saw.
-struct States {
+/// A thread's stores, and the [`CLOSED`] count it last saw.
+struct Stores {
     closed_seen: u64,
-    slots: [StateSlot; STATE_SLOTS],
+    slots: [StoreSlot; STORE_SLOTS],
 }
 
 thread_local! {
     static SERIES: RefCell<[SeriesSlot; CACHE_SLOTS]> = const { RefCell::new([const { None }; CACHE_SLOTS]) };
-    static STATES: RefCell<States> = const {
-        RefCell::new(States { closed_seen: 0, slots: [const { None }; STATE_SLOTS] })
+    static STORES: RefCell<Stores> = const {
+        RefCell::new(Stores { closed_seen: 0, slots: [const { None }; STORE_SLOTS] })
     };
 }
 
-/// Every open state, by id, for threads that have not met it yet.
-static LIVE: LazyLock<RwLock<HashMap<u64, Weak<State>>>> = LazyLock::new(Default::default);
+/// Every open store, by id, for threads that have not met it yet.
+static LIVE: LazyLock<RwLock<HashMap<u64, Weak<MetricsStore>>>> = LazyLock::new(Default::default);
 
-/// How many states have closed so far: a thread that sees it change drops its closed states.
+/// How many stores have closed so far: a thread that sees it change drops its closed stores.
 /// Written once per close, read by every request (a cache line that stays shared).
 static CLOSED: AtomicU64 = AtomicU64::new(0);
 
-/// Nobody can read state `id` any more: no thread finds it again, and threads holding it let
+/// Nobody can read store `id` any more: no thread finds it again, and threads holding it let
 /// go at their next request.
-fn close_state(id: u64) {
+fn close_store(id: u64) {
     write(&LIVE).remove(&id);
     CLOSED.fetch_add(1, Ordering::Release);
 }
 
-/// Runs `f` on the open state `id`; `None` if it is closed.
+/// Runs `f` on the open store `id`; `None` if it is closed.
 #[inline]
-pub(crate) fn with_state<R>(id: u64, f: impl FnOnce(&State) -> R) -> Option<R> {
-    let slot = id as usize % STATE_SLOTS;
+pub(crate) fn with_store<R>(id: u64, f: impl FnOnce(&MetricsStore) -> R) -> Option<R> {
+    let slot = id as usize % STORE_SLOTS;
     let closed = CLOSED.load(Ordering::Acquire);
     let mut f = Some(f);
-    let hit = STATES
+    let hit = STORES
         .try_with(|cache| {
             let cache = cache.try_borrow().ok()?;
             if cache.closed_seen != closed {
                 return None;
             }
             match &cache.slots[slot] {
-                Some((i, state)) if *i == id => {
-                    Some(state.as_deref().and_then(|s| f.take().map(|f| f(s))))
+                Some((i, store)) if *i == id => {
+                    Some(store.as_deref().and_then(|s| f.take().map(|f| f(s))))
                 }
                 _ => None,
             }
@@ -392,26 +392,26 @@ pub(crate) fn with_state<R>(id: u64, f: impl FnOnce(&State) -> R) -> Option<R> {
         .flatten();
     match hit {
         Some(result) => result,
-        None => with_state_uncached(id, slot, closed, f?),
+        None => with_store_uncached(id, slot, closed, f?),
     }
 }
 
 #[cold]
-fn with_state_uncached<R>(
+fn with_store_uncached<R>(
     id: u64,
     slot: usize,
     closed: u64,
-    f: impl FnOnce(&State) -> R,
+    f: impl FnOnce(&MetricsStore) -> R,
 ) -> Option<R> {
-    let state = read(&LIVE).get(&id).and_then(Weak::upgrade);
-    let result = state.as_deref().map(f);
-    let mut dropped: [StateSlot; STATE_SLOTS] = [const { None }; STATE_SLOTS];
-    let _ = STATES.try_with(|cache| {
+    let store = read(&LIVE).get(&id).and_then(Weak::upgrade);
+    let result = store.as_deref().map(f);
+    let mut dropped: [StoreSlot; STORE_SLOTS] = [const { None }; STORE_SLOTS];
+    let _ = STORES.try_with(|cache| {
         let Ok(mut cache) = cache.try_borrow_mut() else {
             return;
         };
         if cache.closed_seen != closed {
-            // Some state closed since this thread last looked: let go of the closed ones.
+            // Some store closed since this thread last looked: let go of the closed ones.
             for (kept, dropped) in cache.slots.iter_mut().zip(&mut dropped) {
                 if let Some((_, Some(s))) = kept {
                     if s.closed.load(Ordering::Acquire) {
@@ -421,12 +421,12 @@ fn with_state_uncached<R>(
             }
             cache.closed_seen = closed;
         }
-        let evicted = cache.slots[slot].replace((id, state));
+        let evicted = cache.slots[slot].replace((id, store));
         if evicted.is_some() {
             dropped[slot] = evicted;
         }
     });
-    // Dropped outside the borrow: they may be states' last references.
+    // Dropped outside the borrow: they may be stores' last references.
     drop(dropped);
     result
 }

@@ -1,0 +1,98 @@
+//! What both examples' API routes read and answer, written once: each example's handlers only
+//! take their framework's extractors apart and put these answers into its response type, so
+//! the two services answer the same requests with the same bytes (tested in
+//! `integration-tests/tests/examples_agree.rs`). Each example includes this file as its `api`
+//! module, beside `busy_work`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::busy_work::busy_work;
+
+/// `GET /users/{id}`.
+pub(crate) fn user(id: u64) -> Value {
+    json!({ "id": id, "name": format!("user-{id}") })
+}
+
+/// `GET /api/items/{id}`.
+pub(crate) fn item(id: u64) -> Value {
+    json!({ "id": id, "kind": "item" })
+}
+
+/// `GET /slow?ms=..`: how long to sleep before answering.
+#[derive(Deserialize)]
+pub(crate) struct SlowParams {
+    #[serde(default)]
+    ms: u64,
+}
+
+/// Sleeps `ms` milliseconds (capped at 60 s) before answering.
+pub(crate) async fn slow(p: SlowParams) -> String {
+    let ms = p.ms.min(60_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms} ms\n")
+}
+
+/// `GET /fail`'s body (with status 500).
+pub(crate) const FAIL: &str = "this endpoint always fails\n";
+
+/// `GET /stream?chunks=..&delay_ms=..&pad=..`.
+#[derive(Deserialize)]
+pub(crate) struct StreamParams {
+    #[serde(default = "default_chunks")]
+    chunks: u32,
+    #[serde(default)]
+    delay_ms: u64,
+    /// Each line padded with spaces to this many bytes (at most 1 MiB): a long answer.
+    #[serde(default)]
+    pad: usize,
+}
+
+fn default_chunks() -> u32 {
+    5
+}
+
+/// `chunks` lines (at most 10,000), `delay_ms` (at most 10 s) apart, each `pad` bytes long
+/// when that is more than the line.
+pub(crate) fn stream(p: StreamParams) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+    let chunks = p.chunks.min(10_000);
+    let delay = Duration::from_millis(p.delay_ms.min(10_000));
+    let pad = p.pad.min(1 << 20).saturating_sub(1);
+    futures_util::stream::unfold(0u32, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(delay).await;
+        }
+        let mut line = format!("chunk {i}");
+        line.extend(std::iter::repeat_n(' ', pad.saturating_sub(line.len())));
+        line.push('\n');
+        Some((Ok(Bytes::from(line)), i + 1))
+    })
+}
+
+/// `GET /work?ms=..`: how much CPU to burn.
+#[derive(Deserialize)]
+pub(crate) struct WorkParams {
+    #[serde(default = "default_work_ms")]
+    ms: u64,
+}
+
+fn default_work_ms() -> u64 {
+    10
+}
+
+/// Burns `ms` milliseconds of CPU (at most 1 s) on tokio's blocking pool (an actix worker is
+/// a tokio runtime too): a workload for the CPU profile to find.
+pub(crate) async fn work(p: WorkParams) -> String {
+    let budget = Duration::from_millis(p.ms.min(1000));
+    let rounds = tokio::task::spawn_blocking(move || busy_work(budget))
+        .await
+        .unwrap_or(0);
+    format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
+}
