@@ -4,6 +4,9 @@
 # Prints the figures docs/performance.md (## pprof) reports. Needs wrk (Debian `wrk`).
 #
 #   scripts/pprof-overhead.sh [example-axum|example-actix] [frequency] [rounds]
+#
+# OBSERVE_BINARY=path/to/example-axum measures that build instead of building one (e.g. two
+# commits' builds, interleaved, to compare before and after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +16,12 @@ rounds=${3:-3}
 target=${CARGO_TARGET_DIR:-target}
 port=$((20000 + RANDOM % 10000))
 
-cargo build --release -q -p "$package"
-"$target/release/$package" "127.0.0.1:$port" >/dev/null &
+binary=${OBSERVE_BINARY:-}
+if [ -z "$binary" ]; then
+  cargo build --release -q -p "$package"
+  binary="$target/release/$package"
+fi
+"$binary" "127.0.0.1:$port" >/dev/null &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

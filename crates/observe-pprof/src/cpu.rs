@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use crate::error::PprofError;
 use crate::params::ProfileParams;
 use crate::proto::{self, ProfileBuilder};
-use crate::sampler::{self, Window, MAX_STACKS};
+use crate::sampler::{self, Clock, Window, MAX_STACKS};
 use crate::symbols::{self, Symbols};
 
 /// One on-demand CPU profile at a time, as Go allows: a second request is answered 409 while
@@ -48,6 +48,11 @@ impl CpuProfiler {
     /// (or at the frequency continuous profiling already samples at), blocking the calling
     /// thread; ends early with [`PprofError::Cancelled`] once `cancel` is set. Call it off
     /// the async workers.
+    ///
+    /// Each thread is sampled on its own CPU clock. The kernel checks a thread's timer on its
+    /// tick, so above the tick's rate one signal stands for several periods, and its sample
+    /// counts them all: the profile's total is the CPU time used, whatever the frequency and
+    /// the number of busy cores.
     pub fn record(
         self,
         params: ProfileParams,
@@ -105,7 +110,8 @@ impl CpuProfile {
         CpuProfile { window, symbols }
     }
 
-    /// Samples taken (one per `1/frequency` s of CPU time on any thread).
+    /// Sampling periods counted: one per `1/frequency` s of CPU time on any thread (a sample
+    /// can stand for several, see [`CpuProfiler::record`]).
     pub fn samples(&self) -> u64 {
         self.window.samples() + self.window.lost
     }
@@ -138,6 +144,9 @@ impl CpuProfile {
                 profile.named_sample(name, value(n));
             }
         }
+        for comment in self.comments() {
+            profile.comment(&comment);
+        }
         let started = self
             .window
             .started
@@ -147,6 +156,38 @@ impl CpuProfile {
             started.as_nanos() as i64,
             self.window.duration.as_nanos() as i64,
         )
+    }
+
+    /// What the profile says of how it was taken (`go tool pprof -comments`): the clock, and
+    /// what it could not count.
+    pub(crate) fn comments(&self) -> Vec<String> {
+        let w = &self.window;
+        let mut comments = vec![match w.clock {
+            Clock::PerThread => format!(
+                "observe: sampled at {} Hz of each thread's own CPU time (per-thread timers)",
+                w.frequency
+            ),
+            Clock::ProcessWide => format!(
+                "observe: sampled at {} Hz of the process's CPU time by the process-wide timer \
+                 (per-thread timers are not available here): beyond a few hundred samples a \
+                 second in all, the kernel delivers fewer and the profile counts less CPU than \
+                 was used",
+                w.frequency
+            ),
+        }];
+        if w.lost > 0 {
+            comments.push(format!(
+                "observe: {} samples lost (the sampler fell behind, or the signal had no context)",
+                w.lost
+            ));
+        }
+        if w.not_armed > 0 {
+            comments.push(format!(
+                "observe: {} threads got no timer of their own (sampled by the process-wide timer)",
+                w.not_armed
+            ));
+        }
+        comments
     }
 
     /// The gzipped pprof protobuf `go tool pprof` reads, symbols included.
@@ -292,5 +333,82 @@ mod tests {
             .any(|s| s.ends_with("spin_for_the_cpu_profile_test")));
         let svg = String::from_utf8(profile.to_flamegraph().unwrap()).unwrap();
         assert!(svg.contains("spin_for_the_cpu_profile_test"));
+    }
+
+    /// Seconds of CPU time this process has used.
+    fn process_cpu_seconds() -> f64 {
+        // SAFETY: a zeroed rusage is valid to write into.
+        #[allow(unsafe_code)]
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+            usage
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    }
+
+    /// POSIX timers of this process (`/proc/self/timers`), and its resident memory in bytes.
+    fn timers_and_rss() -> (usize, u64) {
+        let timers = std::fs::read_to_string("/proc/self/timers")
+            .map(|t| t.lines().filter(|l| l.starts_with("ID:")).count())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024;
+        (timers, rss)
+    }
+
+    /// Burns `seconds` of this thread's CPU time.
+    #[inline(never)]
+    fn burn(seconds: f64) {
+        let until = thread_cpu_seconds() + seconds;
+        let mut x = 1u64;
+        while thread_cpu_seconds() < until {
+            for _ in 0..1000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+    }
+
+    #[test]
+    fn short_lived_threads_are_counted_and_take_their_timers_with_them() {
+        let _serial = one_profiling_test_at_a_time();
+        let (timers_before, rss_before) = timers_and_rss();
+        // 1,000 threads that burn 2 ms each and exit, four alive at a time: most live less
+        // than a rescan (the process-wide timer samples those), some get a timer of their
+        // own and take it with them when they exit.
+        let churn = std::thread::spawn(|| {
+            for _ in 0..250 {
+                let wave: Vec<_> = (0..4).map(|_| std::thread::spawn(|| burn(0.002))).collect();
+                for thread in wave {
+                    thread.join().unwrap();
+                }
+            }
+        });
+        let params = ProfileParams::parse(Some("seconds=4&frequency=99"), 60).unwrap();
+        let before = process_cpu_seconds();
+        let profile = CpuProfiler::acquire()
+            .unwrap()
+            .record(params, &AtomicBool::new(false))
+            .unwrap();
+        let used = process_cpu_seconds() - before;
+        churn.join().unwrap();
+        let counted = profile.samples() as f64 / 99.0;
+        println!("churn: process CPU {used:.3} s, profile {counted:.3} s");
+        assert!(
+            (0.9..=1.1).contains(&(counted / used)),
+            "the profile counts {counted:.3} s of {used:.3} s"
+        );
+        let (timers, rss) = timers_and_rss();
+        assert_eq!(timers, timers_before, "every thread's timer was deleted");
+        assert!(
+            rss < rss_before + 8 * 1024 * 1024,
+            "resident memory {rss_before} -> {rss} bytes"
+        );
     }
 }

@@ -13,6 +13,7 @@ use crate::cpu::CpuProfiler;
 use crate::error::PprofError;
 use crate::job::{Plan, ProfileJob, Work};
 use crate::params::{ProfileParams, DEFAULT_MAX_SECONDS};
+use crate::sampler;
 use crate::{heap, index, response, tasks};
 
 /// The configured `/debug/pprof` endpoints. Cheap to clone.
@@ -134,7 +135,9 @@ impl Pprof {
                 ))
             }
             "profile" | "flamegraph" => {
-                let params = match ProfileParams::parse(query, self.config.max_seconds) {
+                let params = match ProfileParams::parse(query, self.config.max_seconds)
+                    .and_then(|p| sampler::check_frequency(p.frequency()).map(|()| p))
+                {
                     Ok(params) => params,
                     Err(e) => return Plan::Respond(e.into()),
                 };

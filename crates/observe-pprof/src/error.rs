@@ -19,6 +19,16 @@ pub enum PprofError {
         /// The value as given (shortened).
         value: String,
     },
+    /// The frequency is higher than this process's timers can deliver.
+    #[error("frequency must be at most {max} Hz here, got {asked}: per-thread CPU timers are not available in this process ({why}), and the process-wide timer delivers at most about {max} samples a second in all")]
+    FrequencyTooHigh {
+        /// The frequency asked for.
+        asked: u32,
+        /// The highest that can be delivered.
+        max: u32,
+        /// Why per-thread timers are not available.
+        why: String,
+    },
     /// The builder was given a maximum of 0 seconds.
     #[error("max_seconds must be at least 1, got {0}")]
     InvalidMaxSeconds(u64),
@@ -76,6 +86,7 @@ impl PprofError {
         match self {
             PprofError::InvalidSeconds { .. }
             | PprofError::InvalidFrequency { .. }
+            | PprofError::FrequencyTooHigh { .. }
             | PprofError::InvalidMaxSeconds(_)
             | PprofError::EmptyToken
             | PprofError::InvalidContinuousProfiling(_) => 400,

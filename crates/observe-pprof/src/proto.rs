@@ -255,6 +255,12 @@ impl<'a> ProfileBuilder<'a> {
         });
     }
 
+    /// A line of the profile's comments (`go tool pprof -comments` prints them).
+    pub(crate) fn comment(&mut self, text: &str) {
+        let id = self.string(text);
+        self.profile.comment.push(id);
+    }
+
     /// The protobuf, uncompressed; `time_nanos`/`duration_nanos` as the format defines them.
     pub(crate) fn finish(mut self, time_nanos: i64, duration_nanos: i64) -> Vec<u8> {
         use prost::Message;

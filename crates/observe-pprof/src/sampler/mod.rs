@@ -1,13 +1,16 @@
-//! The process's one CPU sampler. A process has one `SIGPROF` handler and one `ITIMER_PROF`
-//! timer; everyone who wants CPU samples (a `/debug/pprof/profile` request, continuous
-//! profiling) subscribes here and gets every sample taken while subscribed, from the same
-//! timer. The first subscriber starts it at its frequency; later ones share that frequency;
-//! the last one to leave stops it and frees everything it used.
+//! The process's one CPU sampler. A process has one `SIGPROF` handler; the timers that send it
+//! (one per thread on its own CPU clock, the process-wide one for threads without: see
+//! `timers.rs`) run while anyone wants CPU samples. Everyone who does (a
+//! `/debug/pprof/profile` request, continuous profiling) subscribes here and gets every
+//! sample taken while subscribed. The first subscriber starts the sampler at its frequency;
+//! later ones share that frequency; the last one to leave stops it and frees everything it
+//! used.
 //!
 //! Memory is bounded whatever the load and the profile's length: the [`Ring`] the signal
 //! handler writes into (264 KiB while sampling), and per subscriber at most [`MAX_STACKS`]
 //! distinct stacks of at most [`ring::MAX_DEPTH`] frames (samples of further stacks are counted,
-//! not kept). A thread drains the ring every [`DRAIN_EVERY`].
+//! not kept). A thread drains the ring every [`DRAIN_EVERY`] and looks for new threads to
+//! give a timer every [`RESCAN_EVERY`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,12 +23,28 @@ use crate::error::PprofError;
 mod ring;
 #[cfg(target_os = "linux")]
 mod signal;
+#[cfg(target_os = "linux")]
+mod timers;
 
 use ring::Ring;
 pub(crate) use ring::MAX_DEPTH;
+#[cfg(target_os = "linux")]
+pub(crate) use timers::{per_thread_timers, Clock, PROCESS_TIMER_MAX_HZ};
+
+/// Which clock samples were taken on, where there are no per-thread timers.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Clock {
+    /// The process-wide timer alone.
+    ProcessWide,
+}
 
 /// How often the sampler's thread moves samples from the ring to the subscribers.
 pub(crate) const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// How often the sampler's thread gives threads that started meanwhile a timer of their own
+/// (until then the process-wide timer samples them) and deletes those of threads that exited.
+pub(crate) const RESCAN_EVERY: Duration = Duration::from_millis(100);
 
 /// Distinct stacks one window keeps; samples of further stacks are counted in
 /// [`Window::others`]. 20,000 stacks of [`MAX_DEPTH`] frames are at most ~10 MiB.
@@ -35,17 +54,23 @@ pub(crate) const MAX_STACKS: usize = 20_000;
 /// lock): its samples keep only the interrupted function.
 const BLOCKLIST: [&str; 5] = ["libc.so", "libc-", "libgcc", "pthread", "ld-linux"];
 
-/// Samples gathered for one subscriber since it subscribed or last took them.
+/// Samples gathered for one subscriber since it subscribed or last took them, in sampling
+/// periods (a sample of a thread's own timer can stand for several: see `timers.rs`).
 #[derive(Debug, Clone)]
 pub(crate) struct Window {
-    /// Samples per stack, innermost frame first.
+    /// Periods per stack, innermost frame first.
     pub(crate) stacks: HashMap<Box<[usize]>, u64>,
-    /// Samples whose stack was not kept (more than [`MAX_STACKS`] distinct stacks).
+    /// Periods whose stack was not kept (more than [`MAX_STACKS`] distinct stacks).
     pub(crate) others: u64,
-    /// Samples the handler could not store (the drain fell behind).
+    /// Periods the handler could not store (the drain fell behind).
     pub(crate) lost: u64,
     /// The sampling frequency, Hz.
     pub(crate) frequency: u32,
+    /// The clock the samples were taken on.
+    pub(crate) clock: Clock,
+    /// Threads that got no timer of their own in this window (the process-wide timer sampled
+    /// them, undercounting them when many threads are busy).
+    pub(crate) not_armed: u64,
     /// When the window began (wall clock, for the profile's `time_nanos`).
     pub(crate) started: SystemTime,
     began: Instant,
@@ -54,37 +79,42 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    fn new(frequency: u32) -> Self {
+    fn new(frequency: u32, clock: Clock) -> Self {
         Window {
             stacks: HashMap::new(),
             others: 0,
             lost: 0,
             frequency,
+            clock,
+            not_armed: 0,
             started: SystemTime::now(),
             began: Instant::now(),
             duration: Duration::ZERO,
         }
     }
 
-    fn add(&mut self, stack: &[usize]) {
+    fn add(&mut self, stack: &[usize], weight: u32) {
+        let weight = u64::from(weight);
         if let Some(n) = self.stacks.get_mut(stack) {
-            *n += 1;
+            *n += weight;
         } else if self.stacks.len() < MAX_STACKS {
-            self.stacks.insert(stack.into(), 1);
+            self.stacks.insert(stack.into(), weight);
         } else {
-            self.others += 1;
+            self.others += weight;
         }
     }
 
-    /// Samples in the window, kept or not.
+    /// Sampling periods in the window, kept or not.
     pub(crate) fn samples(&self) -> u64 {
         self.stacks.values().sum::<u64>() + self.others
     }
 }
 
-/// The running sampler: its ring, the subscribers' windows, the draining thread.
+/// The running sampler: its ring, its timers, the subscribers' windows, the draining thread.
 struct Running {
     ring: Arc<RingOwner>,
+    #[cfg(target_os = "linux")]
+    timers: timers::ThreadTimers,
     /// Tells this sampler's drain thread to exit (a new sampler may start before it has).
     stopped: Arc<AtomicBool>,
     frequency: u32,
@@ -92,6 +122,8 @@ struct Running {
     drainer: Option<JoinHandle<()>>,
     /// Ring counters already handed out as `lost`.
     lost_seen: u64,
+    /// Threads not armed already handed out.
+    not_armed_seen: u64,
 }
 
 /// Keeps the signal handler's target alive while the drain thread reads it.
@@ -121,6 +153,27 @@ pub(crate) struct Subscription {
     window: Arc<Mutex<Window>>,
 }
 
+/// `Ok` when this process's timers can deliver `frequency` samples a second of CPU time: any
+/// frequency with per-thread timers, at most [`PROCESS_TIMER_MAX_HZ`] with the process-wide
+/// timer alone (more would silently count less CPU than was used).
+#[cfg(target_os = "linux")]
+pub(crate) fn check_frequency(frequency: u32) -> Result<(), PprofError> {
+    match per_thread_timers() {
+        Err(why) if frequency > PROCESS_TIMER_MAX_HZ => Err(PprofError::FrequencyTooHigh {
+            asked: frequency,
+            max: PROCESS_TIMER_MAX_HZ,
+            why: why.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Without Linux's timers the sampler does not start at all (see [`subscribe`]).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn check_frequency(_frequency: u32) -> Result<(), PprofError> {
+    Ok(())
+}
+
 /// Subscribes to the process's samples, starting the sampler at `frequency` Hz if it is not
 /// running (a running sampler keeps its frequency: see [`Subscription::frequency`]).
 pub(crate) fn subscribe(frequency: u32) -> Result<Subscription, PprofError> {
@@ -131,7 +184,7 @@ pub(crate) fn subscribe(frequency: u32) -> Result<Subscription, PprofError> {
     let Some(running) = running.as_mut() else {
         unreachable!("started above")
     };
-    let window = Arc::new(Mutex::new(Window::new(running.frequency)));
+    let window = Arc::new(Mutex::new(Window::new(running.frequency, running.clock())));
     running.windows.push(window.clone());
     Ok(Subscription { window })
 }
@@ -144,7 +197,7 @@ impl Subscription {
             running.drain();
         }
         let mut window = lock(&self.window);
-        let fresh = Window::new(window.frequency);
+        let fresh = Window::new(window.frequency, window.clock);
         let mut taken = std::mem::replace(&mut *window, fresh);
         taken.duration = taken.began.elapsed();
         taken
@@ -184,22 +237,44 @@ impl Running {
     /// Moves the ring's samples into every window.
     fn drain(&mut self) {
         let mut windows: Vec<_> = self.windows.iter().map(|w| lock(w)).collect();
-        self.ring.ring().drain(|stack| {
+        self.ring.ring().drain(|stack, weight| {
             for window in windows.iter_mut() {
-                window.add(stack);
+                window.add(stack, weight);
             }
         });
         let lost = self.ring.ring().dropped.load(Ordering::Relaxed);
-        let new = lost - self.lost_seen;
+        let new_lost = lost - self.lost_seen;
         self.lost_seen = lost;
+        let not_armed = self.not_armed();
+        let new_not_armed = not_armed - self.not_armed_seen;
+        self.not_armed_seen = not_armed;
         for window in windows.iter_mut() {
-            window.lost += new;
+            window.lost += new_lost;
+            window.not_armed += new_not_armed;
         }
+    }
+
+    fn clock(&self) -> Clock {
+        #[cfg(target_os = "linux")]
+        return self.timers.clock();
+        #[cfg(not(target_os = "linux"))]
+        Clock::ProcessWide
+    }
+
+    fn not_armed(&self) -> u64 {
+        #[cfg(target_os = "linux")]
+        return self.timers.not_armed;
+        #[cfg(not(target_os = "linux"))]
+        0
     }
 
     fn stop_sampling(&mut self) {
         #[cfg(target_os = "linux")]
-        drop(signal::stop());
+        {
+            // The threads' timers first: no new signal, then the handler's target goes.
+            self.timers = timers::ThreadTimers::none();
+            drop(signal::stop());
+        }
         self.stopped.store(true, Ordering::Release);
     }
 
@@ -214,27 +289,34 @@ impl Running {
 
 #[cfg(target_os = "linux")]
 fn start(frequency: u32) -> Result<Running, PprofError> {
-    let target = Arc::new(signal::Target {
-        ring: Ring::new(),
-        blocklist: blocklisted_ranges(),
-    });
-    signal::start(target.clone(), frequency).map_err(|e| PprofError::Sampler(e.to_string()))?;
+    let target = Arc::new(signal::Target::new(Ring::new(), blocklisted_ranges()));
+    let period = Duration::from_secs(1) / frequency.max(1);
+    signal::start(target.clone(), period).map_err(|e| PprofError::Sampler(e.to_string()))?;
+    let timers = timers::ThreadTimers::start(period, target.clone());
     let stopped = Arc::new(AtomicBool::new(false));
     let flag = stopped.clone();
-    let drainer = std::thread::Builder::new()
+    let drainer = match std::thread::Builder::new()
         .name("observe-pprof".into())
         .spawn(move || drain_until_stopped(&flag))
-        .map_err(|e| {
+    {
+        Ok(drainer) => drainer,
+        Err(e) => {
+            drop(timers);
             drop(signal::stop());
-            PprofError::Sampler(format!("cannot start the sampler's thread: {e}"))
-        })?;
+            return Err(PprofError::Sampler(format!(
+                "cannot start the sampler's thread: {e}"
+            )));
+        }
+    };
     Ok(Running {
         ring: Arc::new(RingOwner { target }),
+        timers,
         stopped,
         frequency,
         windows: Vec::new(),
         drainer: Some(drainer),
         lost_seen: 0,
+        not_armed_seen: 0,
     })
 }
 
@@ -245,15 +327,21 @@ fn start(_frequency: u32) -> Result<Running, PprofError> {
     ))
 }
 
-/// The drain thread: every [`DRAIN_EVERY`], until its sampler stops.
+/// The drain thread: every [`DRAIN_EVERY`], and a rescan of the threads every
+/// [`RESCAN_EVERY`], until its sampler stops.
 #[cfg(target_os = "linux")]
 fn drain_until_stopped(stopped: &AtomicBool) {
+    let mut rescanned = Instant::now();
     loop {
         std::thread::park_timeout(DRAIN_EVERY);
         if stopped.load(Ordering::Acquire) {
             return;
         }
         if let Some(running) = sampler().as_mut() {
+            if rescanned.elapsed() >= RESCAN_EVERY {
+                rescanned = Instant::now();
+                running.timers.rescan();
+            }
             running.drain();
         }
     }

@@ -2,7 +2,7 @@
 //! or an allocation (a handler may interrupt any code, the allocator included) and drained by
 //! the sampler's thread. Safe code only: every field is an atomic.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// Frames kept of each stack, innermost first; deeper stacks lose their outermost frames.
 pub(crate) const MAX_DEPTH: usize = 64;
@@ -15,10 +15,11 @@ const EMPTY: u8 = 0;
 const WRITING: u8 = 1;
 const FULL: u8 = 2;
 
-/// One stack, innermost frame first.
+/// One stack, innermost frame first, and how many sampling periods it stands for.
 struct Slot {
     state: AtomicU8,
     depth: AtomicUsize,
+    weight: AtomicU32,
     frames: [AtomicUsize; MAX_DEPTH],
 }
 
@@ -27,8 +28,8 @@ struct Slot {
 pub(crate) struct Ring {
     slots: Box<[Slot]>,
     next: AtomicUsize,
-    /// Samples not kept: their slot was still full (the drain fell behind), or the signal
-    /// carried no interrupted context. A profile counts them under one "lost" frame.
+    /// Sampling periods not kept: their slot was still full (the drain fell behind), or the
+    /// signal carried no interrupted context. A profile counts them under one "lost" frame.
     pub(crate) dropped: AtomicU64,
 }
 
@@ -38,6 +39,7 @@ impl Ring {
             .map(|_| Slot {
                 state: AtomicU8::new(EMPTY),
                 depth: AtomicUsize::new(0),
+                weight: AtomicU32::new(0),
                 frames: [const { AtomicUsize::new(0) }; MAX_DEPTH],
             })
             .collect();
@@ -48,17 +50,19 @@ impl Ring {
         }
     }
 
-    /// Keeps one stack. Async-signal-safe: atomics only, never waits.
-    pub(crate) fn push(&self, frames: &[usize]) {
+    /// Keeps one stack that stands for `weight` sampling periods. Async-signal-safe: atomics
+    /// only, never waits.
+    pub(crate) fn push(&self, frames: &[usize], weight: u32) {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % SLOTS];
         if slot
             .state
             .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.fetch_add(u64::from(weight), Ordering::Relaxed);
             return;
         }
+        slot.weight.store(weight, Ordering::Relaxed);
         let depth = frames.len().min(MAX_DEPTH);
         for (cell, &ip) in slot.frames.iter().zip(&frames[..depth]) {
             cell.store(ip, Ordering::Relaxed);
@@ -67,20 +71,21 @@ impl Ring {
         slot.state.store(FULL, Ordering::Release);
     }
 
-    /// Hands every complete stack to `each` and frees its slot. A slot being written is left
-    /// for the next drain.
-    pub(crate) fn drain(&self, mut each: impl FnMut(&[usize])) {
+    /// Hands every complete stack and its weight to `each` and frees its slot. A slot being
+    /// written is left for the next drain.
+    pub(crate) fn drain(&self, mut each: impl FnMut(&[usize], u32)) {
         let mut stack = [0usize; MAX_DEPTH];
         for slot in self.slots.iter() {
             if slot.state.load(Ordering::Acquire) != FULL {
                 continue;
             }
             let depth = slot.depth.load(Ordering::Relaxed);
+            let weight = slot.weight.load(Ordering::Relaxed);
             for (ip, cell) in stack.iter_mut().zip(&slot.frames[..depth]) {
                 *ip = cell.load(Ordering::Relaxed);
             }
             slot.state.store(EMPTY, Ordering::Release);
-            each(&stack[..depth]);
+            each(&stack[..depth], weight);
         }
     }
 }
@@ -92,24 +97,28 @@ mod tests {
     #[test]
     fn stacks_pushed_are_drained_once_and_a_full_ring_drops_and_counts() {
         let ring = Ring::new();
-        ring.push(&[1, 2, 3]);
-        ring.push(&(0..100).collect::<Vec<_>>());
+        ring.push(&[1, 2, 3], 1);
+        ring.push(&(0..100).collect::<Vec<_>>(), 3);
         let mut seen = Vec::new();
-        ring.drain(|s| seen.push(s.to_vec()));
+        ring.drain(|s, w| seen.push((s.to_vec(), w)));
         assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0], vec![1, 2, 3]);
+        assert_eq!(seen[0], (vec![1, 2, 3], 1));
         assert_eq!(
-            seen[1].len(),
-            MAX_DEPTH,
+            (seen[1].0.len(), seen[1].1),
+            (MAX_DEPTH, 3),
             "deeper stacks keep their innermost frames"
         );
-        ring.drain(|_| panic!("drained twice"));
+        ring.drain(|_, _| panic!("drained twice"));
         for i in 0..SLOTS + 10 {
-            ring.push(&[i]);
+            ring.push(&[i], 2);
         }
-        assert_eq!(ring.dropped.load(Ordering::Relaxed), 10);
+        assert_eq!(
+            ring.dropped.load(Ordering::Relaxed),
+            20,
+            "10 samples of weight 2"
+        );
         let mut n = 0;
-        ring.drain(|_| n += 1);
+        ring.drain(|_, _| n += 1);
         assert_eq!(n, SLOTS);
     }
 
@@ -121,7 +130,7 @@ mod tests {
                 let ring = ring.clone();
                 std::thread::spawn(move || {
                     for i in 0..100 {
-                        ring.push(&[t, i]);
+                        ring.push(&[t, i], 1);
                     }
                 })
             })
@@ -130,7 +139,7 @@ mod tests {
             w.join().unwrap();
         }
         let mut n = 0;
-        ring.drain(|s| {
+        ring.drain(|s, _| {
             assert_eq!(s.len(), 2);
             n += 1;
         });

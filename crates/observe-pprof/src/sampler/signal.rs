@@ -1,5 +1,5 @@
-//! The process's `SIGPROF` handler and `ITIMER_PROF` timer: observe's only unsafe code, kept
-//! to the system calls and the one pointer the handler reads.
+//! The process's `SIGPROF` handler: observe's only unsafe code besides the timers that send
+//! the signal (`timers.rs`), kept to the system calls and the one pointer the handler reads.
 //!
 //! The handler runs on whichever thread the kernel interrupts, in the middle of any code, the
 //! allocator and locks included. It allocates nothing and takes no lock: it reads the
@@ -11,11 +11,12 @@
 
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use super::ring::{Ring, MAX_DEPTH};
+use super::timers::set_process_timer;
 
 /// What the handler samples into: set while sampling, null otherwise.
 static TARGET: AtomicPtr<Target> = AtomicPtr::new(ptr::null_mut());
@@ -23,10 +24,81 @@ static TARGET: AtomicPtr<Target> = AtomicPtr::new(ptr::null_mut());
 /// it frees what they write into.
 static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
-/// The ring, and the address ranges whose samples are dropped.
+/// The ring, the address ranges whose samples are dropped, and the threads that have a timer
+/// of their own.
 pub(crate) struct Target {
     pub(crate) ring: Ring,
     pub(crate) blocklist: Box<[(usize, usize)]>,
+    /// Thread ids with a timer of their own, open addressing (0: free, -1: was taken). The
+    /// process-wide timer's signals are dropped on those threads: their own timer counts their
+    /// time, and the kernel may hand a process-wide signal to a thread that is not running.
+    armed: Box<[AtomicI32]>,
+}
+
+/// Slots of [`Target::armed`]: twice the threads that can have a timer.
+const ARMED_SLOTS: usize = 2 * super::timers::MAX_THREAD_TIMERS;
+const FREED: i32 = -1;
+
+impl Target {
+    pub(crate) fn new(ring: Ring, blocklist: Box<[(usize, usize)]>) -> Self {
+        Target {
+            ring,
+            blocklist,
+            armed: (0..ARMED_SLOTS).map(|_| AtomicI32::new(0)).collect(),
+        }
+    }
+
+    fn home(tid: i32) -> usize {
+        (tid as u32 as usize).wrapping_mul(0x9e37_79b9) % ARMED_SLOTS
+    }
+
+    /// Notes that thread `tid` has a timer of its own (before the timer is set).
+    pub(crate) fn mark_armed(&self, tid: i32) {
+        let home = Self::home(tid);
+        for i in 0..ARMED_SLOTS {
+            let slot = &self.armed[(home + i) % ARMED_SLOTS];
+            let now = slot.load(Ordering::Relaxed);
+            if now == tid {
+                return;
+            }
+            if (now == 0 || now == FREED)
+                && slot
+                    .compare_exchange(now, tid, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Thread `tid`'s timer is gone (once it was deleted).
+    pub(crate) fn unmark_armed(&self, tid: i32) {
+        let home = Self::home(tid);
+        for i in 0..ARMED_SLOTS {
+            let slot = &self.armed[(home + i) % ARMED_SLOTS];
+            match slot.load(Ordering::Relaxed) {
+                0 => return,
+                now if now == tid => {
+                    slot.store(FREED, Ordering::Release);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether thread `tid` has a timer of its own. Async-signal-safe: loads only.
+    fn is_armed(&self, tid: i32) -> bool {
+        let home = Self::home(tid);
+        for i in 0..ARMED_SLOTS {
+            match self.armed[(home + i) % ARMED_SLOTS].load(Ordering::Acquire) {
+                0 => return false,
+                now if now == tid => return true,
+                _ => {}
+            }
+        }
+        false
+    }
 }
 
 impl Target {
@@ -35,27 +107,33 @@ impl Target {
     }
 }
 
-/// Installs the handler (once per process; it stays, doing nothing while nothing samples, so
+/// Installs the handler, once per process. It stays, doing nothing while nothing samples, so
 /// a signal still in flight after [`stop`] never meets the default action, which would end
-/// the process), points it at `target` and starts the timer at `frequency` Hz of CPU time.
-pub(crate) fn start(target: Arc<Target>, frequency: u32) -> std::io::Result<()> {
+/// the process.
+pub(crate) fn install() -> std::io::Result<()> {
     static INSTALLED: Once = Once::new();
     let mut installed = Ok(());
     INSTALLED.call_once(|| installed = install_handler());
-    installed?;
+    installed
+}
+
+/// Installs the handler, points it at `target` and starts the process-wide timer at `period`
+/// of process CPU time (per-thread timers are the caller's, `timers.rs`).
+pub(crate) fn start(target: Arc<Target>, period: Duration) -> std::io::Result<()> {
+    install()?;
     TARGET.store(Arc::into_raw(target).cast_mut(), Ordering::SeqCst);
-    let period = Duration::from_secs(1) / frequency.max(1);
-    if let Err(e) = set_timer(period) {
+    if let Err(e) = set_process_timer(period) {
         drop(stop());
         return Err(e);
     }
     Ok(())
 }
 
-/// Stops the timer and takes the target back once no handler uses it any more.
+/// Stops the process-wide timer and takes the target back once no handler uses it any more
+/// (delete the per-thread timers first).
 pub(crate) fn stop() -> Option<Arc<Target>> {
     // Ignoring an error: disarming a timer with valid arguments does not fail.
-    let _ = set_timer(Duration::ZERO);
+    let _ = set_process_timer(Duration::ZERO);
     let target = TARGET.swap(ptr::null_mut(), Ordering::SeqCst);
     // A handler that saw the old pointer is counted in IN_HANDLER (it counts itself before it
     // loads TARGET); later ones see null. Wait for the former: microseconds.
@@ -64,24 +142,6 @@ pub(crate) fn stop() -> Option<Arc<Target>> {
     }
     // SAFETY: `target` came from `Arc::into_raw` in `start`, and no handler holds it now.
     (!target.is_null()).then(|| unsafe { Arc::from_raw(target) })
-}
-
-fn set_timer(period: Duration) -> std::io::Result<()> {
-    let interval = libc::timeval {
-        tv_sec: period.as_secs() as libc::time_t,
-        tv_usec: period.subsec_micros() as libc::suseconds_t,
-    };
-    let timer = libc::itimerval {
-        it_interval: interval,
-        it_value: interval,
-    };
-    // SAFETY: `timer` is a valid itimerval; the old value is not asked for.
-    let rc = unsafe { libc::setitimer(libc::ITIMER_PROF, &timer, ptr::null_mut()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 fn install_handler() -> std::io::Result<()> {
@@ -99,7 +159,7 @@ fn install_handler() -> std::io::Result<()> {
     Ok(())
 }
 
-extern "C" fn on_sigprof(_signal: libc::c_int, _info: *mut libc::siginfo_t, context: *mut c_void) {
+extern "C" fn on_sigprof(_signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
     // The unwinder may set errno; the interrupted code must not see it change.
     // SAFETY: errno is thread-local; reading and restoring it is what handlers must do.
     let errno = unsafe { *libc::__errno_location() };
@@ -107,21 +167,65 @@ extern "C" fn on_sigprof(_signal: libc::c_int, _info: *mut libc::siginfo_t, cont
     let target = TARGET.load(Ordering::SeqCst);
     if !target.is_null() {
         // SAFETY: `stop` frees the target only after this handler left (IN_HANDLER).
-        sample(unsafe { &*target }, interrupted_pc(context));
+        let target = unsafe { &*target };
+        let weight = weight(info, target);
+        if weight > 0 {
+            sample(target, interrupted_pc(context), weight);
+        }
     }
     IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
 
-fn sample(target: &Target, pc: usize) {
+/// The sampling periods a signal stands for: one plus the overruns for a thread's own timer
+/// (expirations the kernel folded into this signal: its checks run on its tick, so above
+/// the tick's rate one signal covers several periods); one for the process-wide timer on a
+/// thread without a timer of its own; none on a thread that has one (its own timer counts
+/// its time, and a process-wide signal may be handed to a thread that is not running).
+fn weight(info: *const libc::siginfo_t, target: &Target) -> u32 {
+    if info.is_null() {
+        return 1;
+    }
+    // SAFETY: with SA_SIGINFO the second argument is the signal's siginfo.
+    let code = unsafe { (*info).si_code };
+    if code == libc::SI_TIMER {
+        // SAFETY: a timer's siginfo carries the timer's fields (`TimerInfo`).
+        let overrun = unsafe { (*info.cast::<TimerInfo>()).si_overrun };
+        return 1 + overrun.clamp(0, 1 << 20) as u32;
+    }
+    // SAFETY: gettid is async-signal-safe and has no preconditions.
+    if target.is_armed(unsafe { libc::gettid() }) {
+        0
+    } else {
+        1
+    }
+}
+
+/// The start of a `siginfo_t` sent by a POSIX timer (Linux's `_timer` member), which the
+/// `libc` crate does not expose.
+#[repr(C)]
+struct TimerInfo {
+    si_signo: libc::c_int,
+    si_errno: libc::c_int,
+    si_code: libc::c_int,
+    #[cfg(target_pointer_width = "64")]
+    _pad: libc::c_int,
+    si_tid: libc::c_int,
+    si_overrun: libc::c_int,
+}
+
+fn sample(target: &Target, pc: usize, weight: u32) {
     if pc == 0 {
-        target.ring.dropped.fetch_add(1, Ordering::Relaxed);
+        target
+            .ring
+            .dropped
+            .fetch_add(u64::from(weight), Ordering::Relaxed);
         return;
     }
     if target.blocked(pc) {
         // Where it landed is known without unwinding: keep the sample, one frame deep.
-        target.ring.push(&[pc]);
+        target.ring.push(&[pc], weight);
         return;
     }
     let mut frames = [0usize; MAX_DEPTH];
@@ -157,7 +261,7 @@ fn sample(target: &Target, pc: usize) {
         frames[0] = pc;
         depth = 1;
     }
-    target.ring.push(&frames[..depth]);
+    target.ring.push(&frames[..depth], weight);
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
