@@ -114,7 +114,7 @@ impl Window {
 struct Running {
     ring: Arc<RingOwner>,
     #[cfg(target_os = "linux")]
-    timers: timers::ThreadTimers,
+    timers: timers::Timers,
     /// Tells this sampler's drain thread to exit (a new sampler may start before it has).
     stopped: Arc<AtomicBool>,
     frequency: u32,
@@ -272,7 +272,7 @@ impl Running {
         #[cfg(target_os = "linux")]
         {
             // The threads' timers first: no new signal, then the handler's target goes.
-            self.timers = timers::ThreadTimers::none();
+            self.timers = timers::Timers::none();
             drop(signal::stop());
         }
         self.stopped.store(true, Ordering::Release);
@@ -291,8 +291,14 @@ impl Running {
 fn start(frequency: u32) -> Result<Running, PprofError> {
     let target = Arc::new(signal::Target::new(Ring::new(), blocklisted_ranges()));
     let period = Duration::from_secs(1) / frequency.max(1);
-    signal::start(target.clone(), period).map_err(|e| PprofError::Sampler(e.to_string()))?;
-    let timers = timers::ThreadTimers::start(period, target.clone());
+    signal::start(target.clone()).map_err(|e| PprofError::Sampler(e.to_string()))?;
+    let timers = match timers::Timers::start(period, target.clone()) {
+        Ok(timers) => timers,
+        Err(e) => {
+            drop(signal::stop());
+            return Err(PprofError::Sampler(format!("cannot start the timers: {e}")));
+        }
+    };
     let stopped = Arc::new(AtomicBool::new(false));
     let flag = stopped.clone();
     let drainer = match std::thread::Builder::new()

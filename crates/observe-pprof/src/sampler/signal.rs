@@ -13,10 +13,9 @@ use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
-use std::time::Duration;
 
 use super::ring::{Ring, MAX_DEPTH};
-use super::timers::set_process_timer;
+use super::timers::{PROCESS_TAG, THREAD_TAG};
 
 /// What the handler samples into: set while sampling, null otherwise.
 static TARGET: AtomicPtr<Target> = AtomicPtr::new(ptr::null_mut());
@@ -117,23 +116,16 @@ pub(crate) fn install() -> std::io::Result<()> {
     installed
 }
 
-/// Installs the handler, points it at `target` and starts the process-wide timer at `period`
-/// of process CPU time (per-thread timers are the caller's, `timers.rs`).
-pub(crate) fn start(target: Arc<Target>, period: Duration) -> std::io::Result<()> {
+/// Installs the handler and points it at `target` (the timers that send the signal are the
+/// caller's, `timers.rs`).
+pub(crate) fn start(target: Arc<Target>) -> std::io::Result<()> {
     install()?;
     TARGET.store(Arc::into_raw(target).cast_mut(), Ordering::SeqCst);
-    if let Err(e) = set_process_timer(period) {
-        drop(stop());
-        return Err(e);
-    }
     Ok(())
 }
 
-/// Stops the process-wide timer and takes the target back once no handler uses it any more
-/// (delete the per-thread timers first).
+/// Takes the target back once no handler uses it any more (stop the timers first).
 pub(crate) fn stop() -> Option<Arc<Target>> {
-    // Ignoring an error: disarming a timer with valid arguments does not fail.
-    let _ = set_process_timer(Duration::ZERO);
     let target = TARGET.swap(ptr::null_mut(), Ordering::SeqCst);
     // A handler that saw the old pointer is counted in IN_HANDLER (it counts itself before it
     // loads TARGET); later ones see null. Wait for the former: microseconds.
@@ -178,27 +170,36 @@ extern "C" fn on_sigprof(_signal: libc::c_int, info: *mut libc::siginfo_t, conte
     unsafe { *libc::__errno_location() = errno };
 }
 
-/// The sampling periods a signal stands for: one plus the overruns for a thread's own timer
-/// (expirations the kernel folded into this signal: its checks run on its tick, so above
-/// the tick's rate one signal covers several periods); one for the process-wide timer on a
-/// thread without a timer of its own; none on a thread that has one (its own timer counts
-/// its time, and a process-wide signal may be handed to a thread that is not running).
+/// The sampling periods a signal stands for: one plus the timer's overruns (expirations the
+/// kernel folded into this signal: it checks CPU timers on its tick, so above the tick's rate
+/// one signal covers several periods). The process-wide timer's signals count only on a
+/// thread without a timer of its own: that one's own timer counts its time, and the kernel
+/// may hand a process-wide signal to a thread that is not even running.
 fn weight(info: *const libc::siginfo_t, target: &Target) -> u32 {
     if info.is_null() {
         return 1;
     }
     // SAFETY: with SA_SIGINFO the second argument is the signal's siginfo.
     let code = unsafe { (*info).si_code };
-    if code == libc::SI_TIMER {
-        // SAFETY: a timer's siginfo carries the timer's fields (`TimerInfo`).
-        let overrun = unsafe { (*info.cast::<TimerInfo>()).si_overrun };
-        return 1 + overrun.clamp(0, 1 << 20) as u32;
-    }
+    let (periods, process_wide) = if code == libc::SI_TIMER {
+        // SAFETY: a POSIX timer's siginfo carries the timer's fields (`TimerInfo`).
+        let timer = unsafe { &*info.cast::<TimerInfo>() };
+        let periods = 1 + timer.si_overrun.clamp(0, 1 << 20) as u32;
+        match timer.si_value as usize {
+            THREAD_TAG => return periods,
+            PROCESS_TAG => (periods, true),
+            // Some other timer of the process sent SIGPROF: not ours to count.
+            _ => return 0,
+        }
+    } else {
+        // `setitimer`'s signal (where POSIX CPU timers are not available): no overruns.
+        (1, true)
+    };
     // SAFETY: gettid is async-signal-safe and has no preconditions.
-    if target.is_armed(unsafe { libc::gettid() }) {
+    if process_wide && target.is_armed(unsafe { libc::gettid() }) {
         0
     } else {
-        1
+        periods
     }
 }
 
@@ -213,6 +214,8 @@ struct TimerInfo {
     _pad: libc::c_int,
     si_tid: libc::c_int,
     si_overrun: libc::c_int,
+    /// The timer's `sigev_value` (a pointer-sized union): which of observe's timers it is.
+    si_value: *mut c_void,
 }
 
 fn sample(target: &Target, pc: usize, weight: u32) {

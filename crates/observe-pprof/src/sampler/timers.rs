@@ -27,6 +27,11 @@ use super::signal::Target;
 /// timer, and counted.
 pub(crate) const MAX_THREAD_TIMERS: usize = 4096;
 
+/// `sigev_value` of a thread's own timer, as the signal handler reads it back.
+pub(crate) const THREAD_TAG: usize = 1;
+/// `sigev_value` of the process-wide timer.
+pub(crate) const PROCESS_TAG: usize = 2;
+
 /// The highest frequency the process-wide timer alone can deliver on every kernel (the
 /// lowest tick rate Linux is built with): where per-thread timers are not available, higher
 /// ones are refused.
@@ -66,9 +71,14 @@ pub(crate) enum Clock {
     ProcessWide,
 }
 
-/// The per-thread timers of a running sampler, by thread id.
-pub(crate) struct ThreadTimers {
+/// The timers of a running sampler: one per thread, by thread id, and the process-wide one.
+pub(crate) struct Timers {
     period: Duration,
+    /// The process-wide timer on the process's CPU clock (a POSIX timer, whose signals carry
+    /// overruns too), for threads without a timer of their own yet.
+    process: Option<Timer>,
+    /// `setitimer(ITIMER_PROF)` is on instead (POSIX CPU timers are not available here).
+    itimer: bool,
     /// Where the signal handler learns which threads have a timer of their own.
     target: Option<Arc<Target>>,
     timers: HashMap<libc::pid_t, Timer>,
@@ -104,29 +114,40 @@ impl Drop for Timer {
     }
 }
 
-impl ThreadTimers {
-    /// Timers of `period` of CPU time for every thread of the process, noted in `target`; if
-    /// they are not available here, none (the process-wide timer samples alone,
-    /// [`Clock::ProcessWide`]).
-    pub(crate) fn start(period: Duration, target: Arc<Target>) -> ThreadTimers {
-        let mut timers = ThreadTimers {
+impl Timers {
+    /// Timers of `period` of CPU time for every thread of the process, noted in `target`, and
+    /// the process-wide one; where POSIX CPU timers are not available, `setitimer` alone
+    /// ([`Clock::ProcessWide`]).
+    pub(crate) fn start(period: Duration, target: Arc<Target>) -> io::Result<Timers> {
+        let mut timers = Timers {
             period,
+            process: None,
+            itimer: false,
             target: Some(target),
             timers: HashMap::new(),
             not_armed: 0,
             unavailable: None,
         };
         match per_thread_timers() {
-            Ok(()) => timers.rescan(),
-            Err(e) => timers.unavailable = Some(io::Error::new(e.kind(), e.to_string())),
+            Ok(()) => {
+                timers.process = Some(arm(None, period, 0)?);
+                timers.rescan();
+            }
+            Err(e) => {
+                timers.unavailable = Some(io::Error::new(e.kind(), e.to_string()));
+                set_process_timer(period)?;
+                timers.itimer = true;
+            }
         }
-        timers
+        Ok(timers)
     }
 
     /// No timers: what a stopped sampler holds.
-    pub(crate) fn none() -> ThreadTimers {
-        ThreadTimers {
+    pub(crate) fn none() -> Timers {
+        Timers {
             period: Duration::ZERO,
+            process: None,
+            itimer: false,
             target: None,
             timers: HashMap::new(),
             not_armed: 0,
@@ -178,7 +199,7 @@ impl ThreadTimers {
             }
             // Noted first: from its first signal on, the process-wide timer's are dropped.
             target.mark_armed(tid);
-            match arm(tid, self.period, i as u64) {
+            match arm(Some(tid), self.period, i as u64) {
                 Ok(timer) => {
                     self.timers.insert(tid, timer);
                 }
@@ -207,18 +228,30 @@ fn thread_cpu_clock(tid: libc::pid_t) -> libc::clockid_t {
     ((!tid) << 3) | CPUCLOCK_PERTHREAD_MASK | CPUCLOCK_SCHED
 }
 
-/// A timer sending `SIGPROF` to thread `tid` every `period` of its CPU time. The first
-/// expiry is staggered by `seed` so threads armed together do not fire on the same tick.
-fn arm(tid: libc::pid_t, period: Duration, seed: u64) -> io::Result<Timer> {
-    // SAFETY: a zeroed sigevent is valid; the fields set are those SIGEV_THREAD_ID reads.
+/// A timer sending `SIGPROF` to thread `tid` every `period` of its CPU time, or (`None`) to
+/// the process every `period` of the process's CPU time. The first expiry is staggered by
+/// `seed` so threads armed together do not fire on the same tick.
+fn arm(tid: Option<libc::pid_t>, period: Duration, seed: u64) -> io::Result<Timer> {
+    // SAFETY: a zeroed sigevent is valid; the fields set are those the kernel reads.
     let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-    event.sigev_notify = libc::SIGEV_THREAD_ID;
     event.sigev_signo = libc::SIGPROF;
-    event.sigev_notify_thread_id = tid;
+    let clock = match tid {
+        Some(tid) => {
+            event.sigev_notify = libc::SIGEV_THREAD_ID;
+            event.sigev_notify_thread_id = tid;
+            event.sigev_value.sival_ptr = THREAD_TAG as *mut libc::c_void;
+            thread_cpu_clock(tid)
+        }
+        None => {
+            event.sigev_notify = libc::SIGEV_SIGNAL;
+            event.sigev_value.sival_ptr = PROCESS_TAG as *mut libc::c_void;
+            libc::CLOCK_PROCESS_CPUTIME_ID
+        }
+    };
     let mut id: libc::timer_t = ptr::null_mut();
     // SAFETY: `event` and `id` are valid for the call; the kernel checks that `tid` is a
     // thread of this process.
-    if unsafe { libc::timer_create(thread_cpu_clock(tid), &mut event, &mut id) } != 0 {
+    if unsafe { libc::timer_create(clock, &mut event, &mut id) } != 0 {
         return Err(io::Error::last_os_error());
     }
     let timer = Timer(Some(id));
@@ -252,8 +285,17 @@ fn is_running(timer: &Timer) -> bool {
     rc == 0 && (spec.it_value.tv_sec != 0 || spec.it_value.tv_nsec != 0)
 }
 
+impl Drop for Timers {
+    fn drop(&mut self) {
+        if self.itimer {
+            // Ignoring an error: disarming a timer with valid arguments does not fail.
+            let _ = set_process_timer(Duration::ZERO);
+        }
+    }
+}
+
 /// Sets the process-wide `ITIMER_PROF` to `period` of process CPU time (zero: off).
-pub(crate) fn set_process_timer(period: Duration) -> io::Result<()> {
+fn set_process_timer(period: Duration) -> io::Result<()> {
     let interval = libc::timeval {
         tv_sec: period.as_secs() as libc::time_t,
         tv_usec: period.subsec_micros() as libc::suseconds_t,
@@ -290,11 +332,12 @@ mod tests {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let parked = std::thread::spawn(move || stopped.recv());
         let target = Arc::new(Target::new(super::super::ring::Ring::new(), Box::new([])));
-        let mut timers = ThreadTimers::start(Duration::from_millis(10), target);
+        let mut timers = Timers::start(Duration::from_millis(10), target).unwrap();
         assert_eq!(timers.clock(), Clock::PerThread, "{:?}", timers.unavailable);
         let armed = timers.armed();
         assert!(armed >= 2, "{armed} timers");
-        assert_eq!(process_timers(), before + armed);
+        // One per thread, and the process-wide one.
+        assert_eq!(process_timers(), before + armed + 1);
         drop(stop);
         parked.join().unwrap().unwrap_err();
         timers.rescan();
@@ -303,7 +346,7 @@ mod tests {
             armed - 1,
             "the exited thread's timer is gone"
         );
-        assert_eq!(process_timers(), before + armed - 1);
+        assert_eq!(process_timers(), before + armed);
         drop(timers);
         assert_eq!(process_timers(), before);
     }
