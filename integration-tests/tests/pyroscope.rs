@@ -62,7 +62,9 @@ fn pushes_follow_the_ingest_api_and_profiles_show_the_workload(package: &str) {
             ("OBSERVE_PYROSCOPE_PASSWORD", "secret"),
         ],
     );
-    let load = Load::start(example.addr, "/work?ms=5", 2, u64::MAX);
+    // 20 ms of CPU work a request: it outweighs what a debug build spends on each request
+    // around it (connection, parsing, routing), as the assertion below expects.
+    let load = Load::start(example.addr, "/work?ms=20", 2, u64::MAX);
     let pushes = wait_for_pushes(&receiver, 3, Duration::from_secs(30));
     // Meanwhile an on-demand profile shares the sampler: no 409 because of the agent.
     let on_demand = fetch(

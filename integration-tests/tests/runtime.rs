@@ -11,7 +11,9 @@ const EXAMPLES: [&str; 2] = ["example-axum", "example-actix"];
 const LONG: Duration = Duration::from_secs(60);
 
 fn get(example: &Example, path: &str) -> Answer {
-    fetch(example.addr, path, LONG).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    let started = Instant::now();
+    fetch(example.addr, path, LONG)
+        .unwrap_or_else(|e| panic!("GET {path}: {e} after {:?}", started.elapsed()))
 }
 
 /// The `tokio_*` samples of one scrape, or `None` when it took longer than `timeout` (it

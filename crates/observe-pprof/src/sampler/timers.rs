@@ -82,7 +82,11 @@ pub(crate) struct Timers {
     /// Where the signal handler learns which threads have a timer of their own.
     target: Option<Arc<Target>>,
     timers: HashMap<libc::pid_t, Timer>,
-    /// Threads seen without a timer of their own (creating it failed, or over the cap).
+    /// The threads found at the last rescan (`None` before the first).
+    seen: Option<Vec<libc::pid_t>>,
+    /// Threads alive now that could not get a timer (creating it failed, or over the cap).
+    refused: std::collections::HashSet<libc::pid_t>,
+    /// The most threads alive at once without a timer they should have had.
     pub(crate) not_armed: u64,
     /// Why per-thread timers are not used, if they are not.
     pub(crate) unavailable: Option<io::Error>,
@@ -125,6 +129,8 @@ impl Timers {
             itimer: false,
             target: Some(target),
             timers: HashMap::new(),
+            seen: None,
+            refused: Default::default(),
             not_armed: 0,
             unavailable: None,
         };
@@ -150,6 +156,8 @@ impl Timers {
             itimer: false,
             target: None,
             timers: HashMap::new(),
+            seen: None,
+            refused: Default::default(),
             not_armed: 0,
             unavailable: None,
         }
@@ -189,12 +197,20 @@ impl Timers {
             }
             keep
         });
+        // A thread gets a timer when it was already there at the last rescan (or when sampling
+        // starts): one that lives less than a rescan is left to the process-wide timer, whose
+        // signals carry its expirations too. Arming it would only lose the end of its life: a
+        // thread's own timer is checked on its ticks, and one that exits between two ticks
+        // after its timer expired is never signalled.
+        let first = self.seen.is_none();
+        let seen = self.seen.replace(live.clone()).unwrap_or_default();
+        self.refused.retain(|tid| live.contains(tid));
         for (i, tid) in live.into_iter().enumerate() {
-            if self.timers.contains_key(&tid) {
+            if self.timers.contains_key(&tid) || !(first || seen.contains(&tid)) {
                 continue;
             }
             if self.timers.len() >= MAX_THREAD_TIMERS {
-                self.not_armed += 1;
+                self.refused.insert(tid);
                 continue;
             }
             // Noted first: from its first signal on, the process-wide timer's are dropped.
@@ -207,10 +223,11 @@ impl Timers {
                 // process-wide timer samples it.
                 Err(_) => {
                     target.unmark_armed(tid);
-                    self.not_armed += 1;
+                    self.refused.insert(tid);
                 }
             }
         }
+        self.not_armed = self.not_armed.max(self.refused.len() as u64);
     }
 
     /// Threads with a timer of their own now.
