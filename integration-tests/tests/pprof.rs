@@ -18,28 +18,75 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `go tool pprof -top` on a 5 s CPU profile fetched over HTTP while `/work` burns CPU.
+/// A 5 s CPU profile fetched over HTTP by `go tool pprof` while `/work` burns CPU, then read
+/// in its views: the hottest functions, source lines, inlined frames and the mappings.
 fn cpu_profile_under_load_shows_the_workload(package: &str) {
     let example = Example::start(package, &[]);
     let load = Load::start(example.addr, "/work?ms=20", 2, 20_000);
     let url = example.url("/debug/pprof/profile?seconds=5");
-    let out = go_tool_pprof(&["-top", &url], LONG);
+    let out = go_tool_pprof(&["-proto", &url], LONG);
     let (ok, failed) = load.finish();
-    let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
-        "go tool pprof failed: {}\n{stdout}",
+        "go tool pprof failed: {}",
         text(&out.stderr)
-    );
-    assert!(stdout.contains("Type: cpu"), "{stdout}");
-    assert!(
-        stdout.contains("busy_work"),
-        "the workload is missing from:\n{stdout}"
     );
     assert!(ok > 0, "the load generator got no answer");
     assert_eq!(
         failed, 0,
         "{failed} requests failed while profiling ({ok} ok)"
+    );
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pprof-workload-{package}.pb.gz"));
+    std::fs::write(&file, &out.stdout).expect("write the profile");
+    let file = file.to_str().expect("a UTF-8 path");
+    let view = |args: &[&str]| {
+        let out = go_tool_pprof(&[args, &[file]].concat(), LONG);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "go tool pprof {args:?} failed: {}\n{stdout}",
+            text(&out.stderr)
+        );
+        stdout
+    };
+    let top = view(&["-top"]);
+    assert!(top.contains("Type: cpu"), "{top}");
+    assert!(
+        top.contains("busy_work"),
+        "the workload is missing from:\n{top}"
+    );
+    // Source lines: the function's source, numbered, with samples on its loop's lines.
+    let list = view(&["-list", "busy_work::busy_work"]);
+    assert!(
+        list.contains("ROUTINE") && list.contains("busy_work.rs"),
+        "{list}"
+    );
+    let sampled_lines = list
+        .lines()
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.len() >= 3
+                && fields[0].ends_with('s')
+                && fields[0] != "."
+                && fields[2].trim_end_matches(':').parse::<u32>().is_ok()
+        })
+        .count();
+    assert!(sampled_lines >= 1, "no numbered line with samples:\n{list}");
+    // Each location by file and line, inlined frames marked.
+    let lines = view(&["-lines", "-top"]);
+    assert!(lines.contains("busy_work.rs:"), "{lines}");
+    assert!(lines.contains("(inline)"), "{lines}");
+    // The mappings: the executable first, with its build id and what its locations carry.
+    let raw = view(&["-raw"]);
+    let first_mapping = raw
+        .lines()
+        .skip_while(|l| *l != "Mappings")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        first_mapping.contains(package) && first_mapping.contains("[FN][FL][LN][IN]"),
+        "{raw}"
     );
 }
 
@@ -315,6 +362,8 @@ fn axum_index_renders_in_chromium_and_every_link_answers_200() {
         Some("text/html; charset=utf-8")
     );
     let html = index.text();
+    // The example is built with line tables: no note asks for them.
+    assert!(!html.contains("source lines"), "{html}");
     // Without the trailing slash: redirected, so relative links still resolve.
     let bare = get(&example, "/debug/pprof");
     assert_eq!(

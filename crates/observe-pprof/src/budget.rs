@@ -3,7 +3,9 @@
 //!
 //! The worst case, not the usual: a CPU profile keeps at most [`MAX_STACKS`] stacks of at
 //! most [`MAX_DEPTH`] frames, symbolizing reads the symbol tables of the modules mapped in
-//! the process, and encoding holds about as much again as the stacks. What the examples need
+//! the process, and encoding holds about as much again as the stacks. The debug info a
+//! profile's lines come from is not counted: its pages are the file's (clean, droppable by the
+//! kernel at any time) and are given back after each compilation unit is read. What the examples need
 //! in practice, and their worst case, are in `docs/performance.md`.
 //!
 //! A task dump holds a trace of every task, so it is counted from the tasks alive when it is

@@ -206,7 +206,8 @@ impl CpuProfile {
                 let frames: Vec<String> = stack
                     .iter()
                     .rev()
-                    .map(|a| name(self.symbols.addresses[a]))
+                    .flat_map(|&a| self.symbols.frames(a).iter().rev())
+                    .map(|frame| name(frame.function))
                     .collect();
                 format!("{} {n}", frames.join(";"))
             })
@@ -390,16 +391,22 @@ mod tests {
                 }
             }
         });
-        let params = ProfileParams::parse(Some("seconds=4&frequency=99"), 60).unwrap();
+        // The sampler's own window, so that the CPU time compared is the sampled time's
+        // (symbolizing, after it, is not sampled).
+        let _profiler = CpuProfiler::acquire().unwrap();
         let before = process_cpu_seconds();
-        let profile = CpuProfiler::acquire()
-            .unwrap()
-            .record(params, &AtomicBool::new(false))
-            .unwrap();
+        let subscription = sampler::subscribe(99).unwrap();
+        std::thread::sleep(Duration::from_secs(4));
+        let window = subscription.finish();
         let used = process_cpu_seconds() - before;
         churn.join().unwrap();
+        let started = Instant::now();
+        let profile = CpuProfile::new(window);
         let counted = profile.samples() as f64 / 99.0;
-        println!("churn: process CPU {used:.3} s, profile {counted:.3} s");
+        println!(
+            "churn: process CPU {used:.3} s, profile {counted:.3} s, symbolized in {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
         assert!(
             (0.9..=1.1).contains(&(counted / used)),
             "the profile counts {counted:.3} s of {used:.3} s"

@@ -30,6 +30,11 @@ pub(crate) fn served(cmdline: bool) -> Vec<&'static str> {
     names
 }
 
+/// Why profiles of a binary without line tables name functions only, and the fix.
+const NO_LINES: &str = "are not in profiles: this binary has no line tables, so profiles name \
+    functions without their files and lines; add `debug = \"line-tables-only\"` under `[profile.release]` in the \
+    workspace's Cargo.toml and rebuild";
+
 /// The index page, for a request that named `host`, of endpoints that take CPU profiles of
 /// up to `max_seconds` and serve `cmdline` or not.
 pub(crate) fn page(max_seconds: u64, cmdline: bool, host: Option<&str>) -> EndpointResponse {
@@ -76,10 +81,13 @@ pub(crate) fn page(max_seconds: u64, cmdline: bool, host: Option<&str>) -> Endpo
             seconds: None,
         });
     }
-    let notes: Vec<(&str, String)> = [("heap", heap.err()), ("tasks", tasks.err())]
+    let mut notes: Vec<(&str, String)> = [("heap", heap.err()), ("tasks", tasks.err())]
         .into_iter()
-        .filter_map(|(name, e)| Some((name, e?.to_string())))
+        .filter_map(|(name, e)| Some((name, format!("is not available: {}", e?))))
         .collect();
+    if !crate::symbols::executable_has_lines() {
+        notes.push(("source lines", NO_LINES.to_owned()));
+    }
     let html = render(&entries, max, &notes, host);
     EndpointResponse::ok("text/html; charset=utf-8", html.into_bytes())
 }
@@ -117,12 +125,7 @@ fn render(
     }
     let note: String = notes
         .iter()
-        .map(|(name, why)| {
-            format!(
-                r#"<p class="note"><b>{name}</b> is not available: {}</p>"#,
-                escape(why)
-            )
-        })
+        .map(|(name, why)| format!(r#"<p class="note"><b>{name}</b> {}</p>"#, escape(why)))
         .collect();
     format!(
         r#"<!DOCTYPE html>

@@ -160,16 +160,32 @@ impl<'a> ProfileBuilder<'a> {
             profile: Profile::default(),
             locations: std::collections::HashMap::new(),
         };
-        // Function i of the symbols is function id i + 1.
+        // Function i of the symbols is function id i + 1, mapping i mapping id i + 1.
         for (i, f) in symbols.functions.iter().enumerate() {
             let function = Function {
                 id: i as u64 + 1,
                 name: builder.string(&f.name),
                 system_name: builder.string(&f.system_name),
-                filename: 0,
+                filename: f.filename.as_deref().map_or(0, |name| builder.string(name)),
                 start_line: 0,
             };
             builder.profile.function.push(function);
+        }
+        for (i, m) in symbols.mappings.iter().enumerate() {
+            let mapping = Mapping {
+                id: i as u64 + 1,
+                memory_start: m.start as u64,
+                memory_limit: m.end as u64,
+                file_offset: m.offset,
+                filename: builder.string(&m.path),
+                build_id: m.build_id.as_deref().map_or(0, |id| builder.string(id)),
+                // Every location comes named: `go tool pprof` need not read the binary.
+                has_functions: true,
+                has_filenames: m.has_lines,
+                has_line_numbers: m.has_lines,
+                has_inline_frames: m.has_lines,
+            };
+            builder.profile.mapping.push(mapping);
         }
         builder.profile.sample_type = sample_types
             .iter()
@@ -202,16 +218,21 @@ impl<'a> ProfileBuilder<'a> {
             return id;
         }
         let id = self.profile.location.len() as u64 + 1;
-        let function = self.symbols.addresses.get(&address).copied();
+        let located = self.symbols.locations.get(&address);
         self.profile.location.push(Location {
             id,
+            mapping_id: located.and_then(|l| l.mapping).map_or(0, |m| m as u64 + 1),
             address: address as u64,
-            line: function
-                .map(|f| Line {
-                    function_id: f as u64 + 1,
+            // Innermost first, the function they are inlined into last.
+            line: self
+                .symbols
+                .frames(address)
+                .iter()
+                .map(|frame| Line {
+                    function_id: frame.function as u64 + 1,
+                    line: i64::from(frame.line),
                     ..Default::default()
                 })
-                .into_iter()
                 .collect(),
             ..Default::default()
         });
