@@ -96,3 +96,33 @@ pub(crate) async fn work(p: WorkParams) -> String {
         .unwrap_or(0);
     format!("worked {} ms, {rounds} rounds\n", budget.as_millis())
 }
+
+/// `GET /work/inline?ms=..&slice_ms=..`: how much CPU to burn, in slices of how long.
+#[derive(Deserialize)]
+pub(crate) struct InlineWorkParams {
+    #[serde(default = "default_work_ms")]
+    ms: u64,
+    #[serde(default = "default_slice_ms")]
+    slice_ms: u64,
+}
+
+fn default_slice_ms() -> u64 {
+    1
+}
+
+/// Burns `ms` milliseconds of CPU (at most 1 s) in the handler itself, on the async worker,
+/// in slices of `slice_ms` (1 by default) with a `yield_now` between them, so the task may
+/// move to another worker between slices: what a handler that computes inline does (and why
+/// it should not burn long: each slice holds a worker).
+pub(crate) async fn work_inline(p: InlineWorkParams) -> String {
+    let budget = Duration::from_millis(p.ms.min(1000));
+    let slice = Duration::from_millis(p.slice_ms.max(1));
+    let (mut spent, mut rounds) = (Duration::ZERO, 0);
+    while spent < budget {
+        let this = slice.min(budget - spent);
+        rounds += busy_work(this);
+        spent += this;
+        tokio::task::yield_now().await;
+    }
+    format!("worked {} ms inline, {rounds} rounds\n", budget.as_millis())
+}

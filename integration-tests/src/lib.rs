@@ -19,7 +19,7 @@ mod tools;
 pub use dashboard::{
     expand_variables, grafana_regex, parse_label_values, variable_query, Dashboard, PanelQuery,
 };
-pub use profiling::{chromium_screenshot, fetch, go_tool_pprof, Answer, Load};
+pub use profiling::{chromium_screenshot, fetch, go_tool_pprof, pprof_traces, Answer, Load, Trace};
 pub use tools::{
     amtool, free_port, has_data, http_get, promtool, run_with_input, tool, url_encode, wait_until,
     Alertmanager, Prometheus, TempDir,

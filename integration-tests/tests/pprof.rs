@@ -2,11 +2,14 @@
 //!
 //! Each test starts its own example process: a process takes one CPU profile at a time, so
 //! tests running in parallel cannot see each other's profiles.
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use integration_tests::{chromium_screenshot, fetch, go_tool_pprof, Answer, Example, Load};
+use integration_tests::{
+    chromium_screenshot, fetch, go_tool_pprof, pprof_traces, Answer, Example, Load,
+};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -87,6 +90,57 @@ fn cpu_profile_under_load_shows_the_workload(package: &str) {
     assert!(
         first_mapping.contains(package) && first_mapping.contains("[FN][FL][LN][IN]"),
         "{raw}"
+    );
+}
+
+/// A debug build's handler that burns 20 ms inline, on the async worker: its stacks are deep
+/// (tokio, the framework, observe's layer, the handler), and every sample of it stays under
+/// one root, so the flame graph shows it as one tower.
+fn a_debug_build_handler_that_burns_inline_is_one_tower(package: &str) {
+    let example = Example::start(package, &[]);
+    let load = Load::start(example.addr, "/work/inline?ms=20&slice_ms=20", 2, 20_000);
+    let answer = get(&example, "/debug/pprof/profile?seconds=5");
+    load.finish();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pprof-tower-{package}.pb.gz"));
+    std::fs::write(&file, &answer.body).expect("write the profile");
+    let traces = pprof_traces(file.to_str().expect("a UTF-8 path"), &[]);
+    // Each sample of the handler's work by its path from the root to the handler (or to the
+    // mark of a truncated stack): one path is one tower.
+    let mut towers: HashMap<Vec<&str>, f64> = HashMap::new();
+    let mut total = 0.0;
+    for trace in traces.iter().filter(|t| t.has_frame("busy_work")) {
+        let mut path = Vec::new();
+        for frame in trace.frames.iter().rev() {
+            path.push(frame.as_str());
+            if frame.contains("work_inline") || frame.contains("frames truncated") {
+                break;
+            }
+        }
+        *towers.entry(path).or_default() += trace.value;
+        total += trace.value;
+    }
+    let (path, largest) = towers
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .expect("samples of busy_work");
+    let shares: Vec<String> = towers
+        .values()
+        .map(|v| format!("{:.1} %", 100.0 * v / total))
+        .collect();
+    println!(
+        "{package}: busy_work {total:.2} s in {} tower(s): {shares:?}",
+        towers.len()
+    );
+    assert!(
+        path.last().is_some_and(|f| f.contains("work_inline")),
+        "the largest tower does not reach the handler: {path:#?}"
+    );
+    assert!(
+        largest / total >= 0.95,
+        "the largest tower holds {:.1} % of busy_work's {total:.2} s: {shares:?}",
+        100.0 * largest / total
     );
 }
 
@@ -495,6 +549,7 @@ fn a_request_through_a_proxy_is_refused_by_the_loopback_rule(package: &str) {
 
 integration_tests::for_both_examples!(
     cpu_profile_under_load_shows_the_workload,
+    a_debug_build_handler_that_burns_inline_is_one_tower,
     heap_profile_reads_in_go_tool_pprof,
     the_flame_graph_is_well_formed_svg_showing_the_workload,
     bad_input_gets_its_status_and_a_one_line_reason_for_go_tool_pprof,

@@ -2,7 +2,8 @@
 //! it starts: a request that would not fit is answered 503, never an out-of-memory kill.
 //!
 //! The worst case, not the usual: a CPU profile keeps at most [`MAX_STACKS`] stacks of at
-//! most [`MAX_DEPTH`] frames, symbolizing reads the symbol tables of the modules mapped in
+//! most [`MAX_DEPTH`](crate::sampler::ring::MAX_DEPTH) frames, [`MAX_FRAMES`] frames in all,
+//! symbolizing reads the symbol tables of the modules mapped in
 //! the process, and encoding holds about as much again as the stacks. The debug info a
 //! profile's lines come from is not counted: its pages are the file's (clean, droppable by the
 //! kernel at any time) and are given back after each compilation unit is read. What the examples need
@@ -12,7 +13,7 @@
 //! asked for, at [`TASK`] each.
 
 use crate::error::PprofError;
-use crate::sampler::{MAX_DEPTH, MAX_STACKS};
+use crate::sampler::{MAX_FRAMES, MAX_STACKS};
 
 /// The default budget: what a profile may add to the process's memory at its peak.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 32 * MIB;
@@ -20,9 +21,9 @@ pub const DEFAULT_MEMORY_BUDGET: u64 = 32 * MIB;
 const MIB: u64 = 1024 * 1024;
 
 /// The ring the signal handler writes into.
-const RING: u64 = 264 * 1024;
-/// A kept stack: its frames, its count and the map's overhead.
-const STACK: u64 = (MAX_DEPTH as u64) * 8 + 64;
+const RING: u64 = 524 * 1024;
+/// The kept stacks: their frames, and per stack its count and the map's overhead.
+const STACKS: u64 = MAX_FRAMES as u64 * 8 + MAX_STACKS as u64 * 64;
 /// What a heap profile holds besides the symbol tables: jemalloc's dump, parsed, and its
 /// encoding (the examples' dumps are far smaller: `docs/performance.md`).
 const HEAP_DUMP: u64 = 8 * MIB;
@@ -33,8 +34,7 @@ const TASK: u64 = 2 * 1024;
 
 /// What a CPU profile needs at worst.
 pub(crate) fn cpu_profile() -> u64 {
-    let stacks = MAX_STACKS as u64 * STACK;
-    RING + 2 * stacks + crate::symbols::table_bytes()
+    RING + 2 * STACKS + crate::symbols::table_bytes()
 }
 
 /// What a heap profile needs at worst.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use crate::error::PprofError;
 use crate::params::ProfileParams;
 use crate::proto::{self, ProfileBuilder};
-use crate::sampler::{self, Clock, Window, MAX_STACKS};
+use crate::sampler::{self, Clock, Window, MAX_FRAMES, MAX_STACKS};
 use crate::symbols::{self, Symbols};
 
 /// One on-demand CPU profile at a time, as Go allows: a second request is answered 409 while
@@ -100,7 +100,7 @@ impl std::fmt::Debug for CpuProfile {
 }
 
 /// Names of the samples a profile could not keep apart.
-const OTHERS: &str = "[observe: stacks beyond the 20000 kept]";
+const OTHERS: &str = "[observe: stacks beyond the 20000 (or 1200000 frames) kept]";
 const LOST: &str = "[observe: samples lost (the sampler fell behind, or no context)]";
 
 impl CpuProfile {
@@ -252,7 +252,10 @@ fn empty_flamegraph(seconds: f64, frequency: u32) -> Vec<u8> {
     .into_bytes()
 }
 
-const _: () = assert!(MAX_STACKS == 20_000, "OTHERS names the limit");
+const _: () = assert!(
+    MAX_STACKS == 20_000 && MAX_FRAMES == 1_200_000,
+    "OTHERS names the limits"
+);
 
 /// Tests that take the process's profiler run one after the other (the test harness runs
 /// tests on parallel threads of one process).
@@ -292,6 +295,58 @@ mod tests {
         }
         std::hint::black_box(x);
         thread_cpu_seconds() - started
+    }
+
+    /// Recurses `depth` calls deep, then spins until `stop`.
+    #[inline(never)]
+    fn deep_then_spin(depth: usize, stop: &AtomicBool) -> f64 {
+        if depth == 0 {
+            return spin_for_the_cpu_profile_test(stop);
+        }
+        // Not a tail call: the frame stays on the stack.
+        std::hint::black_box(deep_then_spin(depth - 1, stop)) + 0.0
+    }
+
+    #[test]
+    fn a_stack_too_deep_keeps_both_ends_and_its_root() {
+        let params = ProfileParams::parse(Some("seconds=1&frequency=250"), 60).unwrap();
+        let _serial = one_profiling_test_at_a_time();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let spinning = stop.clone();
+        let spinner = std::thread::spawn(move || deep_then_spin(300, &spinning));
+        let profile = CpuProfiler::acquire()
+            .unwrap()
+            .record(params, &AtomicBool::new(false))
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        let deep: Vec<&Box<[usize]>> = profile
+            .window
+            .stacks
+            .keys()
+            .filter(|s| s.contains(&sampler::TRUNCATED))
+            .collect();
+        assert!(!deep.is_empty(), "no truncated stack in {profile:?}");
+        let root = |s: &[usize]| s[s.len() - 8..].to_vec();
+        for stack in &deep {
+            assert_eq!(stack.len(), sampler::MAX_DEPTH);
+            assert_eq!(stack[sampler::INNER], sampler::TRUNCATED);
+            // The outermost frames are the thread's own start, the same for every sample.
+            assert_eq!(root(stack), root(deep[0]));
+        }
+        let folded = profile.folded();
+        let line = folded
+            .iter()
+            .find(|l| l.contains("[observe: frames truncated]"))
+            .expect("the marker is named");
+        let frames: Vec<&str> = line.split(';').collect();
+        let marker = frames
+            .iter()
+            .position(|f| f.contains("frames truncated"))
+            .unwrap();
+        assert!(frames[marker - 1].contains("deep_then_spin"), "{line}");
+        assert!(frames[marker + 1].contains("deep_then_spin"), "{line}");
+        assert!(line.contains("spin_for_the_cpu_profile_test"), "{line}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn api(config: &mut web::ServiceConfig) {
         .service(web::resource("/fail").route(get().to(fail)))
         .service(web::resource("/stream").route(get().to(stream)))
         .service(web::resource("/work").route(get().to(work)))
+        .service(web::resource("/work/inline").route(get().to(work_inline)))
         .service(web::resource("/idle-tasks").route(get().to(idle_tasks)))
         .service(web::resource("/block").route(get().to(block)))
         .service(web::scope("/api").service(web::resource("/items/{id}").route(get().to(item))));
@@ -75,6 +76,10 @@ async fn stream(p: web::Query<api::StreamParams>) -> impl Responder {
 
 async fn work(p: web::Query<api::WorkParams>) -> String {
     api::work(p.into_inner()).await
+}
+
+async fn work_inline(p: web::Query<api::InlineWorkParams>) -> String {
+    api::work_inline(p.into_inner()).await
 }
 
 /// Spawns `n` tasks (at most 100,000 alive at once) that sleep `seconds` (default 60, at most 3600) on this

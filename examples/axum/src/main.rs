@@ -43,6 +43,7 @@ fn api() -> Router {
         .route("/fail", get(fail))
         .route("/stream", get(stream))
         .route("/work", get(work))
+        .route("/work/inline", get(work_inline))
         .route("/idle-tasks", get(idle_tasks))
         .route("/block", get(block))
         .nest("/api", items)
@@ -70,6 +71,10 @@ async fn stream(Query(p): Query<api::StreamParams>) -> Body {
 
 async fn work(Query(p): Query<api::WorkParams>) -> String {
     api::work(p).await
+}
+
+async fn work_inline(Query(p): Query<api::InlineWorkParams>) -> String {
+    api::work_inline(p).await
 }
 
 /// Spawns `n` tasks (at most 100,000 alive at once) that sleep `seconds` (default 60, at most 3600): they

@@ -14,7 +14,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
-use super::ring::{Ring, MAX_DEPTH};
+use super::ring::{Ring, INNER, MAX_DEPTH, TRUNCATED};
 use super::timers::{PROCESS_TAG, THREAD_TAG};
 
 /// What the handler samples into: set while sampling, null otherwise.
@@ -231,7 +231,12 @@ fn sample(target: &Target, pc: usize, weight: u32) {
         target.ring.push(&[pc], weight);
         return;
     }
+    // The innermost INNER frames, then the outermost OUTER ones seen so far, in a circle: a
+    // stack deeper than MAX_DEPTH keeps both ends, whatever its depth (up to UNWIND_LIMIT).
+    const OUTER: usize = MAX_DEPTH - INNER - 1;
+    const UNWIND_LIMIT: usize = 1024;
     let mut frames = [0usize; MAX_DEPTH];
+    let mut outer = [0usize; OUTER];
     let mut depth = 0;
     // The unwinder starts in this handler; the interrupted frame is the one at `pc` (the
     // signal frame's CFI hands it over exactly). Frames above it are the sampler's own.
@@ -254,15 +259,30 @@ fn sample(target: &Target, pc: usize, weight: u32) {
             }
             // The interrupted frame's address is exact; callers' are return addresses: one
             // less is inside the call, which is what names the caller's line and function.
-            frames[depth] = if depth == 0 { ip } else { ip.saturating_sub(1) };
+            let address = if depth == 0 { ip } else { ip.saturating_sub(1) };
+            if depth < MAX_DEPTH {
+                frames[depth] = address;
+            }
+            if depth >= INNER {
+                outer[(depth - INNER) % OUTER] = address;
+            }
             depth += 1;
-            depth < MAX_DEPTH
+            depth < UNWIND_LIMIT
         });
     }
     if depth == 0 {
         // The unwinder could not pass the signal frame: keep at least where it landed.
         frames[0] = pc;
         depth = 1;
+    }
+    if depth > MAX_DEPTH {
+        // Both ends: the innermost frames, the marker, the outermost in their order.
+        frames[INNER] = TRUNCATED;
+        let first = (depth - INNER) % OUTER;
+        for i in 0..OUTER {
+            frames[INNER + 1 + i] = outer[(first + i) % OUTER];
+        }
+        depth = MAX_DEPTH;
     }
     target.ring.push(&frames[..depth], weight);
 }

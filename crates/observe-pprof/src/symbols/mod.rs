@@ -84,6 +84,10 @@ impl Symbols {
     }
 }
 
+/// The frame that stands for those a stack too deep to keep whole left out (between its
+/// innermost and its outermost frames).
+pub(crate) const TRUNCATED_NAME: &str = "[observe: frames truncated]";
+
 /// An executable mapping of a file, from `/proc/self/maps`.
 #[derive(Debug)]
 struct Mapping {
@@ -102,7 +106,12 @@ pub(crate) fn symbolize(addresses: impl IntoIterator<Item = usize>) -> Symbols {
     // Addresses by the mapping they fall in.
     let mut by_mapping: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut unknown = Vec::new();
+    let mut truncated = false;
     for address in addresses {
+        if address == crate::sampler::TRUNCATED {
+            truncated = true;
+            continue;
+        }
         match mappings
             .iter()
             .position(|m| m.start <= address && address < m.end)
@@ -146,7 +155,7 @@ pub(crate) fn symbolize(addresses: impl IntoIterator<Item = usize>) -> Symbols {
         let build_id = elf.as_ref().and_then(elf::build_id);
         let has_lines = elf.as_ref().is_some_and(elf::has_line_tables);
         // Each address at its link-time address.
-        let mut at: Vec<(usize, usize, Option<u64>)> = Vec::new();
+        let mut at: Vec<(usize, usize, u64, Option<u64>)> = Vec::new();
         for &m in &module_mappings {
             let mapping = &mappings[m];
             let index = symbols.mappings.len();
@@ -164,10 +173,10 @@ pub(crate) fn symbolize(addresses: impl IntoIterator<Item = usize>) -> Symbols {
             for address in addresses {
                 let offset = (address - mapping.start) as u64 + mapping.offset;
                 let link = elf.as_ref().and_then(|e| elf::link_address(e, offset));
-                at.push((address, index, link));
+                at.push((address, index, offset, link));
             }
         }
-        let mut links: Vec<u64> = at.iter().filter_map(|(_, _, link)| *link).collect();
+        let mut links: Vec<u64> = at.iter().filter_map(|(_, _, _, link)| *link).collect();
         links.sort_unstable();
         links.dedup();
         let names = elf
@@ -180,10 +189,17 @@ pub(crate) fn symbolize(addresses: impl IntoIterator<Item = usize>) -> Symbols {
             }
             _ => HashMap::new(),
         };
-        for (address, mapping, link) in at {
+        for (address, mapping, offset, link) in at {
             let symbol = link.and_then(|l| names.get(&l));
             let dwarf = link.and_then(|l| lines.get(&l));
-            let frames = frames_at(&mut symbols, &mut ids, address, path, symbol, dwarf);
+            let frames = frames_at(
+                &mut symbols,
+                &mut ids,
+                address,
+                (path, offset),
+                symbol,
+                dwarf,
+            );
             symbols.locations.insert(
                 address,
                 Location {
@@ -192,6 +208,24 @@ pub(crate) fn symbolize(addresses: impl IntoIterator<Item = usize>) -> Symbols {
                 },
             );
         }
+    }
+    if truncated {
+        let name = TRUNCATED_NAME.to_owned();
+        let function = symbols.function(
+            &mut ids,
+            Function {
+                system_name: name.clone(),
+                name,
+                filename: None,
+            },
+        );
+        symbols.locations.insert(
+            crate::sampler::TRUNCATED,
+            Location {
+                frames: vec![Frame { function, line: 0 }],
+                mapping: None,
+            },
+        );
     }
     for address in unknown {
         let function = symbols.function(&mut ids, unnamed(address, None));
@@ -212,7 +246,7 @@ fn frames_at(
     symbols: &mut Symbols,
     ids: &mut HashMap<Function, usize>,
     address: usize,
-    path: &str,
+    module: (&str, u64),
     symbol: Option<&String>,
     dwarf: Option<&Vec<dwarf::DwarfFrame>>,
 ) -> Vec<Frame> {
@@ -224,7 +258,7 @@ fn frames_at(
         },
         None => Function {
             filename,
-            ..unnamed(address, Some(path))
+            ..unnamed(address, Some(module))
         },
     };
     let Some(dwarf) = dwarf.filter(|d| !d.is_empty()) else {
@@ -254,9 +288,15 @@ fn frames_at(
         .collect()
 }
 
-fn unnamed(address: usize, module: Option<&str>) -> Function {
-    let name = match module.and_then(|p| p.rsplit('/').next()) {
-        Some(file) => format!("{file}+{address:#x}"),
+/// A function no symbol names: by its module and its offset in the module's file (the same in
+/// every process of the binary, so profiles of two processes name it alike), else by its
+/// address.
+fn unnamed(address: usize, module: Option<(&str, u64)>) -> Function {
+    let name = match module {
+        Some((path, offset)) => {
+            let file = path.rsplit('/').next().unwrap_or(path);
+            format!("{file}+{offset:#x}")
+        }
         None => format!("{address:#x}"),
     };
     Function {
