@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::busy_work::busy_work;
+use super::in_current_request;
 
 /// `GET /users/{id}`.
 pub(crate) fn user(id: u64) -> Value {
@@ -88,10 +89,11 @@ fn default_work_ms() -> u64 {
 }
 
 /// Burns `ms` milliseconds of CPU (at most 1 s) on tokio's blocking pool (an actix worker is
-/// a tokio runtime too): a workload for the CPU profile to find.
+/// a tokio runtime too): a workload for the CPU profile to find. `in_current_request` hands
+/// the request's labels to the blocking thread, so its samples count for `/work`.
 pub(crate) async fn work(p: WorkParams) -> String {
     let budget = Duration::from_millis(p.ms.min(1000));
-    let rounds = tokio::task::spawn_blocking(move || busy_work(budget))
+    let rounds = tokio::task::spawn_blocking(in_current_request(move || busy_work(budget)))
         .await
         .unwrap_or(0);
     format!("worked {} ms, {rounds} rounds\n", budget.as_millis())

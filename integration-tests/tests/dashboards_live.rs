@@ -32,6 +32,7 @@ const ROUTES: &[&str] = &[
     "/fail",
     "/slow",
     "/stream",
+    "/work",
     "unmatched",
 ];
 
@@ -63,6 +64,8 @@ fn drive_traffic(rt: &tokio::runtime::Runtime, base: String, stop: Arc<AtomicBoo
                 for path in [
                     format!("/users/{i}"),
                     format!("/api/items/{i}"),
+                    // CPU for the "CPU by route" panel (continuous profiling samples it).
+                    "/work?ms=5".to_owned(),
                     "/fail".to_owned(),
                     "/stream?chunks=20&delay_ms=2".to_owned(),
                     format!("/wp-login.php?x={i}"),

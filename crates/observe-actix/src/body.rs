@@ -5,7 +5,7 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
-use observe_core::adapter::{BodyEvent, BodyTracker, ByteTally, ResponseRecord};
+use observe_core::adapter::{poll_labelled, BodyEvent, BodyTracker, ByteTally, ResponseRecord};
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -45,7 +45,11 @@ impl<B: MessageBody> MessageBody for ResponseBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.project();
-        let item = ready!(this.inner.poll_next(cx));
+        let tracker = &this.tracker;
+        let item = ready!(poll_labelled(
+            || tracker.labels(),
+            || this.inner.poll_next(cx)
+        ));
         this.tracker.polled(match &item {
             Some(Ok(chunk)) => BodyEvent::Data {
                 bytes: chunk.len() as u64,

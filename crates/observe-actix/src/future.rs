@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::Error;
-use observe_core::adapter::RequestRecord;
+use observe_core::adapter::{poll_labelled, RequestRecord};
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
@@ -30,6 +30,9 @@ pin_project! {
         path: Option<RequestPath>,
         // The handler returned `Pending` at least once: only then can its client have given up.
         waited: bool,
+        // The route was named from the path for a profile's labels (actix routes after the
+        // middleware, so the record does not know it yet).
+        labelled: bool,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
@@ -58,6 +61,7 @@ impl<F> ResponseFuture<F> {
             routes,
             path,
             waited: false,
+            labelled: false,
         }
     }
 }
@@ -71,7 +75,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Poll::Ready(result) = this.inner.poll(cx) else {
+        let (record, routes, path, labelled) =
+            (&mut *this.record, &*this.routes, &*this.path, this.labelled);
+        let labels = || {
+            let record = record.as_mut()?;
+            if !*labelled {
+                // Once per request, only while a profile wants labels: the record learns its
+                // route from actix's routing when the response comes.
+                *labelled = true;
+                record
+                    .set_route(routes.resolve_path(path.as_ref().map_or("", RequestPath::as_str)));
+            }
+            Some(record.labels())
+        };
+        let Poll::Ready(result) = poll_labelled(labels, || this.inner.poll(cx)) else {
             *this.waited = true;
             return Poll::Pending;
         };

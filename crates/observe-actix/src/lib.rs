@@ -59,7 +59,10 @@ pub use body::ResponseBody;
 pub use connection::on_connect;
 pub use future::ResponseFuture;
 pub use middleware::Observe;
-pub use observe_core::{self, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
+pub use observe_core::{
+    self, in_current_request, prometheus, HttpMetrics, InCurrentRequest, ObserveBuilder,
+    ObserveError,
+};
 #[cfg(feature = "jemalloc-heap-profile")]
 pub use observe_pprof::jemalloc_heap_profiling;
 #[cfg(feature = "pprof")]

@@ -25,6 +25,39 @@ impl TraceHeaders for Traceparent {
     }
 }
 
+/// What request labels add to a request: the same record with its three polls (the response
+/// future's, the body's data and end) run bare, then through `poll_labelled` with no profile
+/// running (one relaxed load each), then while a profile runs (labels copied and installed
+/// for each poll).
+fn labels(c: &mut Criterion) {
+    use observe_core::adapter::{poll_labelled, WantLabels};
+    use std::hint::black_box;
+
+    let metrics = HttpMetrics::new("bench");
+    let request = |labelled: bool| {
+        let record = metrics.id().start("GET", Some("/users/{id}")).unwrap();
+        for poll in 0..3u32 {
+            if labelled {
+                poll_labelled(|| Some(record.labels()), || black_box(poll));
+            } else {
+                black_box(poll);
+            }
+        }
+        let mut response = record.respond(200);
+        response.add_response_bytes(7);
+        response.finish();
+    };
+    c.bench_function("labels_three_polls_bare", |b| b.iter(|| request(false)));
+    c.bench_function("labels_three_polls_no_profile", |b| {
+        b.iter(|| request(true))
+    });
+    let wanted = WantLabels::new();
+    c.bench_function("labels_three_polls_profile_running", |b| {
+        b.iter(|| request(true))
+    });
+    drop(wanted);
+}
+
 fn record(c: &mut Criterion) {
     let metrics = HttpMetrics::new("bench");
     c.bench_function("record_cached_route", |b| {
@@ -146,6 +179,6 @@ fn record(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50);
-    targets = record
+    targets = labels, record
 }
 criterion_main!(benches);

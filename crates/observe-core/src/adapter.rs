@@ -31,6 +31,7 @@ pub use crate::record::{
     ByteTally, MetricsId, RequestRecord, ResponseRecord, CLIENT_CLOSED_REQUEST,
     INTERNAL_SERVER_ERROR,
 };
+pub use crate::request_labels::{labels_wanted, poll_labelled, RequestLabels, WantLabels};
 pub use crate::response::{EndpointResponse, TEXT_PLAIN};
 pub use crate::routes::RouteId;
 pub use crate::trace::sole_header;

@@ -2,6 +2,7 @@
 //! for its record, once for every framework. The wrappers only forward polls and report them.
 
 use crate::record::ResponseRecord;
+use crate::request_labels::RequestLabels;
 
 /// What one poll of a response body gave, as a body wrapper reports it to [`BodyTracker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,12 @@ impl BodyTracker {
             tracker.end(false);
         }
         tracker
+    }
+
+    /// The labels of the request whose body this is, while its record is open.
+    #[inline]
+    pub fn labels(&self) -> Option<RequestLabels> {
+        self.0.as_ref().map(ResponseRecord::labels)
     }
 
     /// Whether the record is still open (nothing to count once it has been recorded).

@@ -19,6 +19,7 @@ pub(crate) const REQUESTS: &str = "http_server_requests_total";
 pub(crate) const ACTIVE: &str = "http_server_active_requests";
 pub(crate) const REQUEST_SIZE: &str = "http_server_request_body_size_bytes";
 pub(crate) const RESPONSE_SIZE: &str = "http_server_response_body_size_bytes";
+pub(crate) const CPU: &str = "http_server_cpu_seconds_total";
 
 /// Exposes one service's [`MetricsStore`] to a `prometheus::Registry`.
 pub(crate) struct HttpCollector {
@@ -38,6 +39,7 @@ impl HttpCollector {
             (DURATION, "Duration of HTTP server requests, from entering the middleware to the end of the response body.", per_request()),
             (REQUESTS, "HTTP server requests, counted once each when recorded.", per_request()),
             (ACTIVE, "HTTP server requests in flight.", vec![METHOD.to_owned()]),
+            (CPU, "CPU time spent on requests, by route, as the CPU profiler sampled it (it counts only while a profile or continuous profiling runs).", vec![ROUTE.to_owned(), METHOD.to_owned()]),
         ];
         if store.size_bounds.is_some() {
             families.push((
@@ -192,11 +194,29 @@ impl HttpCollector {
                 timestamp_ms: None,
             })
             .collect();
+        let cpu: Vec<Sample> = {
+            let cpu = store.cpu.lock().unwrap_or_else(|e| e.into_inner());
+            let routes = store.routes.names();
+            cpu.iter()
+                .filter_map(|((route, method), &seconds)| {
+                    let route = routes.get(route.0 as usize)?;
+                    Some(Sample {
+                        labels: self.labels(&[(ROUTE, route), (METHOD, method.as_str())]),
+                        value: Value::Counter(seconds, None),
+                        created: None,
+                        timestamp_ms: None,
+                    })
+                })
+                .collect()
+        };
         let mut families = vec![
             self.family(DURATION, Kind::Histogram, durations),
             self.family(REQUESTS, Kind::Counter, counts),
             self.family(ACTIVE, Kind::Gauge, active),
         ];
+        if !cpu.is_empty() {
+            families.push(self.family(CPU, Kind::Counter, cpu));
+        }
         if store.size_bounds.is_some() {
             families.push(self.family(REQUEST_SIZE, Kind::Histogram, request_sizes));
             families.push(self.family(RESPONSE_SIZE, Kind::Histogram, response_sizes));

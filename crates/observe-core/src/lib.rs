@@ -45,6 +45,7 @@ mod metrics;
 mod metrics_endpoint;
 mod native;
 mod record;
+mod request_labels;
 mod response;
 mod routes;
 #[cfg(feature = "runtime-metrics")]
@@ -66,6 +67,7 @@ pub use metrics_endpoint::MetricsEndpoint;
 pub use native::{
     DEFAULT_NATIVE_BUCKET_FACTOR, DEFAULT_NATIVE_MAX_BUCKETS, DEFAULT_NATIVE_ZERO_THRESHOLD,
 };
+pub use request_labels::{in_current_request, InCurrentRequest, InRequest};
 pub use routes::{OVERFLOW_ROUTE, UNMATCHED_ROUTE};
 pub use settings::{
     DEFAULT_DURATION_BUCKETS, DEFAULT_EXCLUDED_ROUTES, DEFAULT_MAX_CONCURRENT_SCRAPES,

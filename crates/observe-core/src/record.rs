@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::labels::MethodLabel;
+use crate::request_labels::RequestLabels;
 use crate::routes::RouteId;
 use crate::store::{with_store, Observation, SeriesKey};
 use crate::trace::{self, TraceContext, TraceHeaders};
@@ -227,6 +228,13 @@ impl RequestRecord {
         self.recording.route = route;
     }
 
+    /// What a CPU profile sample records of this request (see
+    /// [`poll_labelled`](crate::adapter::poll_labelled)).
+    #[inline]
+    pub fn labels(&self) -> RequestLabels {
+        self.recording.labels()
+    }
+
     /// The request's trace, for its exemplar (set by
     /// [`MetricsId::start_with`](MetricsId::start_with) from the headers).
     #[inline]
@@ -265,6 +273,13 @@ impl RequestRecord {
 }
 
 impl ResponseRecord {
+    /// What a CPU profile sample records of this request (see
+    /// [`poll_labelled`](crate::adapter::poll_labelled)).
+    #[inline]
+    pub fn labels(&self) -> RequestLabels {
+        self.recording.labels()
+    }
+
     /// The response's status, as it will be recorded when the body ends.
     #[inline]
     pub fn status(&self) -> u16 {
@@ -301,6 +316,11 @@ impl ResponseRecord {
 }
 
 impl Recording {
+    #[inline]
+    fn labels(&self) -> RequestLabels {
+        RequestLabels::new(self.metrics, self.route, self.method, self.trace.as_ref())
+    }
+
     #[inline]
     fn record(&mut self, status: u16) {
         // Only `Drop` can reach this twice (after an ending that took the record by value).

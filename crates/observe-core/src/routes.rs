@@ -109,6 +109,11 @@ impl RouteTable {
         id
     }
 
+    /// The template of `id`; `None` for an id this table never gave (or `EXCLUDED`).
+    pub(crate) fn name(&self, id: RouteId) -> Option<Arc<str>> {
+        read(&self.names).get(id.0 as usize).cloned()
+    }
+
     pub(crate) fn names(&self) -> Vec<Arc<str>> {
         read(&self.names).clone()
     }

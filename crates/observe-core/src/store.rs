@@ -15,7 +15,7 @@ use quanta::Instant;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock, RwLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock, Weak};
 
 use crate::exemplar::{stamp, ExemplarCell, Recorded};
 use crate::exposition::model::NativeBuckets;
@@ -66,6 +66,9 @@ pub(crate) struct MetricsStore {
     /// Requests started and finished per method, per shard: the in-flight gauge is their
     /// difference.
     requests: Box<[MethodCounters; SHARDS]>,
+    /// CPU seconds the profiler sampled per route and method (`http_server_cpu_seconds_total`):
+    /// added by the sampler's thread every few milliseconds while it runs, never per request.
+    pub(crate) cpu: Mutex<HashMap<(RouteId, MethodLabel), f64>>,
 }
 
 /// One shard's started and finished requests per method, on cache lines of their own.
@@ -211,6 +214,7 @@ impl StoreOwner {
             exemplar_interval: config.exemplar_interval.as_nanos().min(u64::MAX as u128) as u64,
             trace_hook: config.trace_hook,
             requests: Box::default(),
+            cpu: Mutex::default(),
             service: config.service,
         });
         write(&LIVE).insert(store.id, Arc::downgrade(&store));
@@ -219,6 +223,15 @@ impl StoreOwner {
 }
 
 impl MetricsStore {
+    /// Adds CPU time sampled on `route` (a route this table named; not an excluded one).
+    pub(crate) fn add_cpu_seconds(&self, route: RouteId, method: MethodLabel, seconds: f64) {
+        if route.is_excluded() || self.routes.name(route).is_none() {
+            return;
+        }
+        let mut cpu = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
+        *cpu.entry((route, method)).or_default() += seconds;
+    }
+
     /// Counts a request in flight (its route is one that is recorded).
     #[inline]
     pub(crate) fn count_start(&self, method: MethodLabel) {

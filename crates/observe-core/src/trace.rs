@@ -139,6 +139,7 @@ impl TraceContext {
     }
 
     /// The ids as exemplar cells store them: trace id (two words, big-endian), span id.
+    #[inline]
     pub(crate) fn words(&self) -> [u64; 3] {
         [self.hi, self.lo, self.span.get()]
     }

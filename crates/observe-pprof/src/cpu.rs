@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::error::PprofError;
+use crate::labels;
 use crate::params::ProfileParams;
 use crate::proto::{self, ProfileBuilder};
 use crate::sampler::{self, Clock, Window, MAX_FRAMES, MAX_STACKS};
@@ -72,8 +73,15 @@ impl CpuProfiler {
         }
         // The sampler stops (if nobody else samples) before symbolizing, the slow part,
         // which should not be sampled into the profile itself.
-        let window = subscription.finish();
-        Ok(CpuProfile::new(window))
+        let mut window = subscription.finish();
+        let filter = params.labels();
+        if filter.is_empty() {
+            return Ok(CpuProfile::new(window));
+        }
+        window.retain_labels(|labels| filter.keeps(labels));
+        let mut profile = CpuProfile::new(window);
+        profile.filtered = Some(filter.describe());
+        Ok(profile)
     }
 }
 
@@ -87,6 +95,8 @@ impl Drop for CpuProfiler {
 pub struct CpuProfile {
     window: Window,
     symbols: Symbols,
+    /// The label filters it was taken with, described for its comments.
+    filtered: Option<String>,
 }
 
 impl std::fmt::Debug for CpuProfile {
@@ -105,9 +115,15 @@ const LOST: &str = "[observe: samples lost (the sampler fell behind, or no conte
 
 impl CpuProfile {
     pub(crate) fn new(window: Window) -> Self {
-        let addresses = window.stacks.keys().flat_map(|s| s.iter().copied());
+        let addresses = window
+            .each_stack()
+            .flat_map(|(_, frames, _)| frames.iter().copied());
         let symbols = symbols::symbolize(addresses);
-        CpuProfile { window, symbols }
+        CpuProfile {
+            window,
+            symbols,
+            filtered: None,
+        }
     }
 
     /// Sampling periods counted: one per `1/frequency` s of CPU time on any thread (a sample
@@ -136,8 +152,11 @@ impl CpuProfile {
             period,
         );
         let value = |n: u64| vec![n as i64, n as i64 * period];
-        for (stack, &n) in &self.window.stacks {
-            profile.sample(stack, value(n));
+        for (labels, stacks) in &self.window.stacks {
+            let labels = labels.as_ref().map(labels::pairs).unwrap_or_default();
+            for (stack, &n) in stacks {
+                profile.sample(stack, value(n), &labels);
+            }
         }
         for (name, n) in [(OTHERS, self.window.others), (LOST, self.window.lost)] {
             if n > 0 {
@@ -181,6 +200,9 @@ impl CpuProfile {
                 w.lost
             ));
         }
+        if let Some(filtered) = &self.filtered {
+            comments.push(filtered.clone());
+        }
         if w.not_armed > 0 {
             comments.push(format!(
                 "observe: {} threads got no timer of their own (sampled by the process-wide timer)",
@@ -200,9 +222,8 @@ impl CpuProfile {
         let name = |f: usize| self.symbols.functions[f].name.replace(';', ":");
         let mut lines: Vec<String> = self
             .window
-            .stacks
-            .iter()
-            .map(|(stack, n)| {
+            .each_stack()
+            .map(|(_, stack, n)| {
                 let frames: Vec<String> = stack
                     .iter()
                     .rev()
@@ -320,10 +341,10 @@ mod tests {
             .unwrap();
         stop.store(true, Ordering::Relaxed);
         spinner.join().unwrap();
-        let deep: Vec<&Box<[usize]>> = profile
+        let deep: Vec<&[usize]> = profile
             .window
-            .stacks
-            .keys()
+            .each_stack()
+            .map(|(_, frames, _)| frames)
             .filter(|s| s.contains(&sampler::TRUNCATED))
             .collect();
         assert!(!deep.is_empty(), "no truncated stack in {profile:?}");

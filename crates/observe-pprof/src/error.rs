@@ -19,6 +19,12 @@ pub enum PprofError {
         /// The value as given (shortened).
         value: String,
     },
+    /// A query parameter that is neither a profile's own nor a label samples carry.
+    #[error("unknown label {name:?}: CPU profiles filter by http_route, http_request_method, trace_id and span_id (e.g. ?http_route=/users/{{id}})")]
+    UnknownLabel {
+        /// The parameter's name as given (shortened).
+        name: String,
+    },
     /// The frequency is higher than this process's timers can deliver.
     #[error("frequency must be at most {max} Hz here, got {asked}: per-thread CPU timers are not available in this process ({why}), and the process-wide timer delivers at most about {max} samples a second in all")]
     FrequencyTooHigh {
@@ -86,6 +92,7 @@ impl PprofError {
         match self {
             PprofError::InvalidSeconds { .. }
             | PprofError::InvalidFrequency { .. }
+            | PprofError::UnknownLabel { .. }
             | PprofError::FrequencyTooHigh { .. }
             | PprofError::InvalidMaxSeconds(_)
             | PprofError::EmptyToken

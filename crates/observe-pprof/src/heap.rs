@@ -129,7 +129,7 @@ pub(crate) fn dump() -> Result<Vec<u8>, PprofError> {
         period,
     );
     for (stack, bytes) in &stacks {
-        encoded.sample(stack, vec![*bytes]);
+        encoded.sample(stack, vec![*bytes], &[]);
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -65,6 +65,7 @@ mod error;
 mod heap;
 mod index;
 mod job;
+mod labels;
 mod params;
 mod proto;
 mod pyroscope;
@@ -82,6 +83,7 @@ pub use endpoints::{Pprof, PprofBuilder};
 pub use error::PprofError;
 #[cfg(feature = "jemalloc-heap-profile")]
 pub use heap::Jemalloc;
+pub use labels::LabelFilter;
 pub use params::{
     ProfileParams, DEFAULT_FREQUENCY, DEFAULT_MAX_SECONDS, DEFAULT_SECONDS, MAX_FREQUENCY,
 };

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use crate::error::PprofError;
+use crate::labels::LabelFilter;
 
 /// Go's default CPU profile length.
 pub const DEFAULT_SECONDS: u64 = 30;
@@ -12,7 +13,8 @@ pub const DEFAULT_FREQUENCY: u32 = 99;
 /// Highest sampling frequency a request may ask for, in Hz.
 pub const MAX_FREQUENCY: u32 = 1000;
 
-/// The validated `seconds` and `frequency` of a CPU profile request.
+/// The validated `seconds` and `frequency` of a CPU profile request, and its label filters
+/// (`http_route=/work`: see [`LabelFilter`]).
 ///
 /// ```
 /// use observe_pprof::ProfileParams;
@@ -24,10 +26,11 @@ pub const MAX_FREQUENCY: u32 = 1000;
 /// assert!(ProfileParams::parse(Some("seconds=61"), 60).is_err());
 /// # Ok::<(), observe_pprof::PprofError>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileParams {
     seconds: u64,
     frequency: u32,
+    labels: LabelFilter,
 }
 
 impl ProfileParams {
@@ -55,7 +58,12 @@ impl ProfileParams {
                 _ => return Err(PprofError::InvalidFrequency { value: shown(raw) }),
             },
         };
-        Ok(ProfileParams { seconds, frequency })
+        let labels = LabelFilter::parse(query)?;
+        Ok(ProfileParams {
+            seconds,
+            frequency,
+            labels,
+        })
     }
 
     /// How long to sample, in seconds.
@@ -66,6 +74,11 @@ impl ProfileParams {
     /// How long to sample.
     pub fn duration(&self) -> Duration {
         Duration::from_secs(self.seconds)
+    }
+
+    /// Which samples the profile keeps, by their request's labels.
+    pub fn labels(&self) -> &LabelFilter {
+        &self.labels
     }
 
     /// Samples per second of CPU time.
@@ -87,7 +100,7 @@ fn first_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
 }
 
 /// The offending value as it goes back in a one-line error: bounded, printable.
-fn shown(raw: &str) -> String {
+pub(crate) fn shown(raw: &str) -> String {
     let mut s: String = raw
         .chars()
         .take(32)

@@ -240,13 +240,22 @@ impl<'a> ProfileBuilder<'a> {
         id
     }
 
-    /// A sample: `stack` innermost address first (each one the symbolizer named).
-    pub(crate) fn sample(&mut self, stack: &[usize], value: Vec<i64>) {
+    /// A sample: `stack` innermost address first (each one the symbolizer named), with string
+    /// `labels` (`http_route` and its value, ...).
+    pub(crate) fn sample(&mut self, stack: &[usize], value: Vec<i64>, labels: &[(&str, String)]) {
         let location_id = stack.iter().map(|&a| self.location(a)).collect();
+        let label = labels
+            .iter()
+            .map(|(key, value)| Label {
+                key: self.string(key),
+                str: self.string(value),
+                ..Default::default()
+            })
+            .collect();
         self.profile.sample.push(Sample {
             location_id,
             value,
-            label: Vec::new(),
+            label,
         });
     }
 

@@ -3,7 +3,9 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
-use observe_core::adapter::{BodyEvent, BodyTracker, ByteTally, RequestRecord, ResponseRecord};
+use observe_core::adapter::{
+    poll_labelled, BodyEvent, BodyTracker, ByteTally, RequestRecord, ResponseRecord,
+};
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -36,7 +38,11 @@ impl<B: Body> Body for ResponseBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let tracker = &this.tracker;
+        let frame = ready!(poll_labelled(
+            || tracker.labels(),
+            || this.inner.as_mut().poll_frame(cx)
+        ));
         if this.tracker.is_recording() {
             this.tracker.polled(match &frame {
                 Some(Ok(frame)) => BodyEvent::Data {

@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::Response;
-use observe_core::adapter::{MetricsId, RequestRecord};
+use observe_core::adapter::{poll_labelled, MetricsId, RequestRecord};
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
@@ -46,7 +46,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let record = &this.record;
+        let result = ready!(poll_labelled(
+            || record.as_ref().map(RequestRecord::labels),
+            || this.inner.poll(cx)
+        ));
         let mut record = this.record.take();
         if let (Some(record), Some((slot, metrics))) = (&mut record, this.slot.take()) {
             if let Some(template) = slot.template() {

@@ -41,7 +41,10 @@ mod service;
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use layer::ObserveLayer;
-pub use observe_core::{self, prometheus, HttpMetrics, ObserveBuilder, ObserveError};
+pub use observe_core::{
+    self, in_current_request, prometheus, HttpMetrics, InCurrentRequest, ObserveBuilder,
+    ObserveError,
+};
 #[cfg(feature = "jemalloc-heap-profile")]
 pub use observe_pprof::jemalloc_heap_profiling;
 #[cfg(feature = "pprof")]

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use actix_web::error::ErrorBadRequest;
 use actix_web::{guard, web, App, HttpResponse, HttpServer, Responder, Route};
-use observe_actix::observe_pprof;
+use observe_actix::{in_current_request, observe_pprof};
 use observe_actix::{Observe, ProfilingSettings};
 
 // jemalloc serves every allocation, with its heap profiler on: `/debug/pprof/heap` shows

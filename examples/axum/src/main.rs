@@ -25,7 +25,7 @@ use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use observe_tower::observe_pprof;
+use observe_tower::{in_current_request, observe_pprof};
 use observe_tower::{ObserveLayer, ProfilingSettings};
 use serde_json::Value;
 use std::net::SocketAddr;

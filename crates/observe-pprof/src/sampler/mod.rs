@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use observe_core::adapter::{RequestLabels, WantLabels};
+
 use crate::error::PprofError;
 
 mod ring;
@@ -62,8 +64,11 @@ const BLOCKLIST: [&str; 5] = ["libc.so", "libc-", "libgcc", "pthread", "ld-linux
 /// periods (a sample of a thread's own timer can stand for several: see `timers.rs`).
 #[derive(Debug, Clone)]
 pub(crate) struct Window {
-    /// Periods per stack, innermost frame first.
-    pub(crate) stacks: HashMap<Box<[usize]>, u64>,
+    /// Periods per stack, innermost frame first, by the labels of the request they were
+    /// taken for (`None`: no request's).
+    pub(crate) stacks: HashMap<Option<RequestLabels>, HashMap<Box<[usize]>, u64>>,
+    /// How many stacks `stacks` holds.
+    kept: usize,
     /// The frames of those stacks, in all.
     frames: usize,
     /// Periods whose stack was not kept (beyond [`MAX_STACKS`] or [`MAX_FRAMES`]).
@@ -88,6 +93,7 @@ impl Window {
     fn new(frequency: u32, clock: Clock) -> Self {
         Window {
             stacks: HashMap::new(),
+            kept: 0,
             frames: 0,
             others: 0,
             lost: 0,
@@ -100,21 +106,45 @@ impl Window {
         }
     }
 
-    fn add(&mut self, stack: &[usize], weight: u32) {
+    fn add(&mut self, stack: &[usize], weight: u32, labels: Option<RequestLabels>) {
         let weight = u64::from(weight);
-        if let Some(n) = self.stacks.get_mut(stack) {
+        if let Some(n) = self.stacks.get_mut(&labels).and_then(|s| s.get_mut(stack)) {
             *n += weight;
-        } else if self.stacks.len() < MAX_STACKS && self.frames + stack.len() <= MAX_FRAMES {
+        } else if self.kept < MAX_STACKS && self.frames + stack.len() <= MAX_FRAMES {
+            self.kept += 1;
             self.frames += stack.len();
-            self.stacks.insert(stack.into(), weight);
+            self.stacks
+                .entry(labels)
+                .or_default()
+                .insert(stack.into(), weight);
         } else {
             self.others += weight;
         }
     }
 
+    /// Every kept stack: its labels, its frames (innermost first) and its periods.
+    pub(crate) fn each_stack(
+        &self,
+    ) -> impl Iterator<Item = (Option<&RequestLabels>, &[usize], u64)> {
+        self.stacks.iter().flat_map(|(labels, stacks)| {
+            stacks
+                .iter()
+                .map(move |(frames, &n)| (labels.as_ref(), &frames[..], n))
+        })
+    }
+
+    /// Keeps only the stacks whose labels `keep` accepts; the rest, and what was counted
+    /// without a stack (lost, beyond the limits), leave the window.
+    pub(crate) fn retain_labels(&mut self, mut keep: impl FnMut(Option<&RequestLabels>) -> bool) {
+        self.stacks.retain(|labels, _| keep(labels.as_ref()));
+        self.kept = self.stacks.values().map(HashMap::len).sum();
+        self.others = 0;
+        self.lost = 0;
+    }
+
     /// Sampling periods in the window, kept or not.
     pub(crate) fn samples(&self) -> u64 {
-        self.stacks.values().sum::<u64>() + self.others
+        self.each_stack().map(|(_, _, n)| n).sum::<u64>() + self.others
     }
 }
 
@@ -130,6 +160,8 @@ struct Running {
     drainer: Option<JoinHandle<()>>,
     /// Ring counters already handed out as `lost`.
     lost_seen: u64,
+    /// Asks the adapters for request labels while sampling.
+    _labels: WantLabels,
     /// Threads not armed already handed out.
     not_armed_seen: u64,
 }
@@ -245,11 +277,23 @@ impl Running {
     /// Moves the ring's samples into every window.
     fn drain(&mut self) {
         let mut windows: Vec<_> = self.windows.iter().map(|w| lock(w)).collect();
-        self.ring.ring().drain(|stack, weight| {
+        // CPU time per request's route, for `http_server_cpu_seconds_total`: once per sample,
+        // whatever the number of windows.
+        let mut cpu: HashMap<RequestLabels, u64> = HashMap::new();
+        self.ring.ring().drain(|stack, weight, labels| {
             for window in windows.iter_mut() {
-                window.add(stack, weight);
+                window.add(stack, weight, labels);
+            }
+            if let Some(labels) = labels {
+                *cpu.entry(labels.without_trace()).or_default() += u64::from(weight);
             }
         });
+        drop(windows);
+        let period = 1.0 / f64::from(self.frequency.max(1));
+        for (labels, periods) in cpu {
+            labels.add_cpu_seconds(periods as f64 * period);
+        }
+        let mut windows: Vec<_> = self.windows.iter().map(|w| lock(w)).collect();
         let lost = self.ring.ring().dropped.load(Ordering::Relaxed);
         let new_lost = lost - self.lost_seen;
         self.lost_seen = lost;
@@ -331,6 +375,7 @@ fn start(frequency: u32) -> Result<Running, PprofError> {
         drainer: Some(drainer),
         lost_seen: 0,
         not_armed_seen: 0,
+        _labels: WantLabels::new(),
     })
 }
 

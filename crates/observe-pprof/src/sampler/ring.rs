@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
+use observe_core::adapter::RequestLabels;
+
 /// Frames kept of each stack, innermost first (Go keeps 128 too). The examples' deepest
 /// stacks measured 96 frames in a debug build and 33 in release (`docs/performance.md`). A
 /// deeper stack keeps its [`INNER`] innermost frames, then [`TRUNCATED`], then its outermost
@@ -24,11 +26,13 @@ const EMPTY: u8 = 0;
 const WRITING: u8 = 1;
 const FULL: u8 = 2;
 
-/// One stack, innermost frame first, and how many sampling periods it stands for.
+/// One stack, innermost frame first, how many sampling periods it stands for, and the labels
+/// of the request it was taken for (all zeros: none).
 struct Slot {
     state: AtomicU8,
     depth: AtomicUsize,
     weight: AtomicU32,
+    labels: [AtomicU64; 5],
     frames: [AtomicUsize; MAX_DEPTH],
 }
 
@@ -49,6 +53,7 @@ impl Ring {
                 state: AtomicU8::new(EMPTY),
                 depth: AtomicUsize::new(0),
                 weight: AtomicU32::new(0),
+                labels: [const { AtomicU64::new(0) }; 5],
                 frames: [const { AtomicUsize::new(0) }; MAX_DEPTH],
             })
             .collect();
@@ -61,7 +66,7 @@ impl Ring {
 
     /// Keeps one stack that stands for `weight` sampling periods. Async-signal-safe: atomics
     /// only, never waits.
-    pub(crate) fn push(&self, frames: &[usize], weight: u32) {
+    pub(crate) fn push(&self, frames: &[usize], weight: u32, labels: Option<RequestLabels>) {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % SLOTS];
         if slot
             .state
@@ -72,6 +77,10 @@ impl Ring {
             return;
         }
         slot.weight.store(weight, Ordering::Relaxed);
+        let words = labels.map_or([0; 5], |l| l.to_words());
+        for (cell, word) in slot.labels.iter().zip(words) {
+            cell.store(word, Ordering::Relaxed);
+        }
         let depth = frames.len().min(MAX_DEPTH);
         for (cell, &ip) in slot.frames.iter().zip(&frames[..depth]) {
             cell.store(ip, Ordering::Relaxed);
@@ -82,7 +91,7 @@ impl Ring {
 
     /// Hands every complete stack and its weight to `each` and frees its slot. A slot being
     /// written is left for the next drain.
-    pub(crate) fn drain(&self, mut each: impl FnMut(&[usize], u32)) {
+    pub(crate) fn drain(&self, mut each: impl FnMut(&[usize], u32, Option<RequestLabels>)) {
         let mut stack = [0usize; MAX_DEPTH];
         for slot in self.slots.iter() {
             if slot.state.load(Ordering::Acquire) != FULL {
@@ -90,11 +99,14 @@ impl Ring {
             }
             let depth = slot.depth.load(Ordering::Relaxed);
             let weight = slot.weight.load(Ordering::Relaxed);
+            let labels = RequestLabels::from_words(
+                slot.labels.each_ref().map(|w| w.load(Ordering::Relaxed)),
+            );
             for (ip, cell) in stack.iter_mut().zip(&slot.frames[..depth]) {
                 *ip = cell.load(Ordering::Relaxed);
             }
             slot.state.store(EMPTY, Ordering::Release);
-            each(&stack[..depth], weight);
+            each(&stack[..depth], weight, labels);
         }
     }
 }
@@ -106,10 +118,10 @@ mod tests {
     #[test]
     fn stacks_pushed_are_drained_once_and_a_full_ring_drops_and_counts() {
         let ring = Ring::new();
-        ring.push(&[1, 2, 3], 1);
-        ring.push(&(0..200).collect::<Vec<_>>(), 3);
+        ring.push(&[1, 2, 3], 1, None);
+        ring.push(&(0..200).collect::<Vec<_>>(), 3, None);
         let mut seen = Vec::new();
-        ring.drain(|s, w| seen.push((s.to_vec(), w)));
+        ring.drain(|s, w, _| seen.push((s.to_vec(), w)));
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0], (vec![1, 2, 3], 1));
         assert_eq!(
@@ -117,9 +129,9 @@ mod tests {
             (MAX_DEPTH, 3),
             "the ring keeps at most MAX_DEPTH frames"
         );
-        ring.drain(|_, _| panic!("drained twice"));
+        ring.drain(|_, _, _| panic!("drained twice"));
         for i in 0..SLOTS + 10 {
-            ring.push(&[i], 2);
+            ring.push(&[i], 2, None);
         }
         assert_eq!(
             ring.dropped.load(Ordering::Relaxed),
@@ -127,7 +139,7 @@ mod tests {
             "10 samples of weight 2"
         );
         let mut n = 0;
-        ring.drain(|_, _| n += 1);
+        ring.drain(|_, _, _| n += 1);
         assert_eq!(n, SLOTS);
     }
 
@@ -139,7 +151,7 @@ mod tests {
                 let ring = ring.clone();
                 std::thread::spawn(move || {
                     for i in 0..100 {
-                        ring.push(&[t, i], 1);
+                        ring.push(&[t, i], 1, None);
                     }
                 })
             })
@@ -148,7 +160,7 @@ mod tests {
             w.join().unwrap();
         }
         let mut n = 0;
-        ring.drain(|s, _| {
+        ring.drain(|s, _, _| {
             assert_eq!(s.len(), 2);
             n += 1;
         });

@@ -16,6 +16,7 @@ use std::sync::{Arc, Once};
 
 use super::ring::{Ring, INNER, MAX_DEPTH, TRUNCATED};
 use super::timers::{PROCESS_TAG, THREAD_TAG};
+use observe_core::adapter::RequestLabels;
 
 /// What the handler samples into: set while sampling, null otherwise.
 static TARGET: AtomicPtr<Target> = AtomicPtr::new(ptr::null_mut());
@@ -226,9 +227,11 @@ fn sample(target: &Target, pc: usize, weight: u32) {
             .fetch_add(u64::from(weight), Ordering::Relaxed);
         return;
     }
+    // Which request this thread works for, if any: copied from the adapters' thread-local.
+    let labels = RequestLabels::current();
     if target.blocked(pc) {
         // Where it landed is known without unwinding: keep the sample, one frame deep.
-        target.ring.push(&[pc], weight);
+        target.ring.push(&[pc], weight, labels);
         return;
     }
     // The innermost INNER frames, then the outermost OUTER ones seen so far, in a circle: a
@@ -284,7 +287,7 @@ fn sample(target: &Target, pc: usize, weight: u32) {
         }
         depth = MAX_DEPTH;
     }
-    target.ring.push(&frames[..depth], weight);
+    target.ring.push(&frames[..depth], weight, labels);
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
