@@ -185,7 +185,12 @@ mod tests {
     #[test]
     fn the_first_of_repeated_keys_counts() {
         assert_eq!(parse("seconds=2&seconds=1000").unwrap().seconds(), 2);
-        assert_eq!(parse("x=1&frequency=7&frequency=0").unwrap().frequency(), 7);
+        assert_eq!(
+            parse("debug=1&frequency=7&frequency=0")
+                .unwrap()
+                .frequency(),
+            7
+        );
     }
 
     #[test]
