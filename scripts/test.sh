@@ -82,11 +82,10 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # unseen: lint each library alone with each of its feature sets (every feature alone, and none).
 step "cargo clippy, each feature set of each library"
 for spec in observe-core: observe-core:runtime-metrics \
-  observe-pprof: observe-pprof:jemalloc-heap-profile observe-pprof:taskdump \
+  observe-pprof: observe-pprof:taskdump \
   observe-tower: observe-tower:axum observe-tower:tonic observe-tower:pprof \
-  observe-tower:jemalloc-heap-profile observe-tower:runtime-metrics observe-tower:taskdump \
-  observe-actix: observe-actix:pprof observe-actix:jemalloc-heap-profile \
-  observe-actix:runtime-metrics observe-actix:taskdump; do
+  observe-tower:runtime-metrics observe-tower:taskdump \
+  observe-actix: observe-actix:pprof observe-actix:runtime-metrics observe-actix:taskdump; do
   package=${spec%%:*}
   features=${spec#*:}
   echo "   $package --no-default-features ${features:+--features $features}"

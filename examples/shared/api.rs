@@ -4,6 +4,7 @@
 //! `integration-tests/tests/examples_agree.rs`). Each example includes this file as its `api`
 //! module, beside `busy_work`.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -127,4 +128,41 @@ pub(crate) async fn work_inline(p: InlineWorkParams) -> String {
         tokio::task::yield_now().await;
     }
     format!("worked {} ms inline, {rounds} rounds\n", budget.as_millis())
+}
+
+/// `GET /leak?kb=..`: how much more memory to keep.
+#[derive(Deserialize)]
+pub(crate) struct LeakParams {
+    #[serde(default)]
+    kb: u64,
+}
+
+/// The most `/leak` keeps in all, in KiB (256 MiB).
+pub(crate) const LEAK_CAP_KIB: u64 = 256 * 1024;
+
+/// The pieces `/leak` keeps, until the process ends.
+static LEAKED: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+/// Keeps `kb` KiB more, in 4 KiB pieces (each written, so they are really in memory), until
+/// the process ends, up to [`LEAK_CAP_KIB`] in all: a leak for the heap profile to find
+/// (`go tool pprof -sample_index=inuse_space .../debug/pprof/heap`, `list leak_piece`).
+pub(crate) fn leak(p: LeakParams) -> String {
+    let mut leaked = LEAKED.lock().unwrap_or_else(|e| e.into_inner());
+    let kept = leaked.len() as u64 * 4;
+    let more = p.kb.min(LEAK_CAP_KIB - kept) / 4;
+    leaked.reserve(more as usize);
+    for i in 0..more {
+        leaked.push(leak_piece(i as u8));
+    }
+    let all = leaked.len() as u64 * 4;
+    format!(
+        "kept {} KiB more, {all} KiB in all (at most {LEAK_CAP_KIB})\n",
+        more * 4
+    )
+}
+
+/// One 4 KiB piece of the leak, where the heap profile finds it.
+#[inline(never)]
+fn leak_piece(fill: u8) -> Box<[u8]> {
+    vec![fill | 1; 4096].into_boxed_slice()
 }

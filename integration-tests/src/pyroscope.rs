@@ -1,7 +1,8 @@
 //! A local stand-in for a Pyroscope server's ingest endpoint, for tests: it takes each push
 //! over a real socket, checks it against Pyroscope's documented HTTP ingest API (`POST
 //! /ingest`, the query parameters, a `multipart/form-data` body with the pprof in a file
-//! field named `profile`) and keeps what it received. It can also fail the way a real server
+//! field named `profile`, then optionally a JSON file field named `sample_type_config`) and
+//! keeps what it received. It can also fail the way a real server
 //! does: answer 500, or accept the connection and never answer.
 
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ pub struct Push {
     pub headers: HashMap<String, String>,
     /// The `profile` part of the multipart body; `Err` says why it could not be found.
     pub profile: Result<Vec<u8>, String>,
+    /// The `sample_type_config` part (JSON, parsed), if the push has one.
+    pub sample_type_config: Option<serde_json::Value>,
 }
 
 /// The receiver, listening on a loopback port until dropped (the process ends with it).
@@ -128,13 +131,18 @@ fn handle(stream: TcpStream, mode: &AtomicU8, pushes: &Mutex<Vec<Push>>) {
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (decode(k), decode(v)))
         .collect();
-    let profile = profile_part(headers.get("content-type").map(String::as_str), &body);
+    let parts = multipart_fields(headers.get("content-type").map(String::as_str), &body);
+    let (profile, sample_type_config) = match parts {
+        Ok((profile, config)) => (Ok(profile), config),
+        Err(e) => (Err(e), None),
+    };
     pushes.lock().expect("not poisoned").push(Push {
         method,
         path: path.to_owned(),
         query,
         headers,
         profile,
+        sample_type_config,
     });
     let mut stream = reader.into_inner();
     match mode.load(Ordering::Relaxed) {
@@ -161,8 +169,12 @@ fn handle(stream: TcpStream, mode: &AtomicU8, pushes: &Mutex<Vec<Push>>) {
     }
 }
 
-/// The bytes of the file field `profile` of a `multipart/form-data` body.
-fn profile_part(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, String> {
+/// The bytes of the file field `profile` of a `multipart/form-data` body, and its
+/// `sample_type_config` file field (JSON, parsed) if there is one after it.
+fn multipart_fields(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(Vec<u8>, Option<serde_json::Value>), String> {
     let content_type = content_type.ok_or("no content-type")?;
     let boundary = content_type
         .strip_prefix("multipart/form-data; boundary=")
@@ -175,16 +187,44 @@ fn profile_part(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, Stri
             .map(|i| i + from)
     };
     let start = find(body, delimiter.as_bytes(), 0).ok_or("no first boundary")?;
-    let head_end = find(body, b"\r\n\r\n", start).ok_or("no part headers")? + 4;
-    let head = String::from_utf8_lossy(&body[start..head_end]);
+    let closing =
+        find(body, format!("\r\n{delimiter}--").as_bytes(), start).ok_or("no closing boundary")?;
+    // Each part: its headers, a blank line, its bytes up to the next delimiter.
+    let mut fields = Vec::new();
+    let mut at = start;
+    while at < closing {
+        let head_end = find(body, b"\r\n\r\n", at).ok_or("no part headers")? + 4;
+        let end = find(body, format!("\r\n{delimiter}").as_bytes(), head_end)
+            .ok_or("no boundary after a part")?;
+        let head = String::from_utf8_lossy(&body[at..head_end]).into_owned();
+        fields.push((head, body[head_end..end].to_vec()));
+        at = end + 2;
+    }
+    let mut fields = fields.into_iter();
+    let (head, profile) = fields.next().ok_or("no parts")?;
     if !head.contains("Content-Disposition: form-data; name=\"profile\"; filename=") {
         return Err(format!(
             "the first part is not the profile file field: {head}"
         ));
     }
-    let end = find(body, format!("\r\n{delimiter}--").as_bytes(), head_end)
-        .ok_or("no closing boundary")?;
-    Ok(body[head_end..end].to_vec())
+    let config = match fields.next() {
+        None => None,
+        Some((head, json)) => {
+            if !head
+                .contains("Content-Disposition: form-data; name=\"sample_type_config\"; filename=")
+            {
+                return Err(format!("an unknown part: {head}"));
+            }
+            Some(
+                serde_json::from_slice(&json)
+                    .map_err(|e| format!("sample_type_config is not JSON: {e}"))?,
+            )
+        }
+    };
+    if let Some((head, _)) = fields.next() {
+        return Err(format!("an unknown part: {head}"));
+    }
+    Ok((profile, config))
 }
 
 fn decode(s: &str) -> String {

@@ -450,35 +450,14 @@ fn axum_index_renders_in_chromium_and_every_link_answers_200() {
         .collect();
     assert_eq!(
         links,
-        ["profile", "flamegraph?seconds=10", "heap"],
-        "the example serves CPU and heap profiles, not cmdline"
+        ["profile", "flamegraph?seconds=10", "heap", "allocs"],
+        "the example serves CPU, heap and allocation profiles, not cmdline"
     );
     for link in links {
         let a = get(&example, &format!("/debug/pprof/{link}"));
         assert_eq!(a.status, 200, "{link}: {}", a.text());
         assert!(!a.body.is_empty(), "{link}");
     }
-}
-
-fn heap_profiling_off_at_run_time_is_501_saying_how_to_enable_it(package: &str) {
-    let example = Example::start(package, &[("_RJEM_MALLOC_CONF", "prof:false")]);
-    let a = get(&example, "/debug/pprof/heap");
-    assert_eq!(a.status, 501, "{}", a.text());
-    assert_eq!(a.header("x-go-pprof"), Some("1"));
-    assert!(
-        a.text()
-            .contains("_RJEM_MALLOC_CONF=prof:true,prof_active:true"),
-        "{}",
-        a.text()
-    );
-    let index = get(&example, "/debug/pprof/").text();
-    assert!(
-        !index.contains("href=\"heap\""),
-        "the index links a heap profile it cannot serve"
-    );
-    assert!(index.contains("heap</b> is not available"));
-    // CPU profiles do not depend on it.
-    assert_eq!(get(&example, "/debug/pprof/profile?seconds=1").status, 200);
 }
 
 fn debug_routes_stay_out_of_the_red_metrics(package: &str) {
@@ -556,7 +535,6 @@ integration_tests::for_both_examples!(
     a_second_cpu_profile_while_one_runs_is_409,
     a_client_that_disconnects_frees_the_profiler,
     repeated_profiles_under_load_break_no_response,
-    heap_profiling_off_at_run_time_is_501_saying_how_to_enable_it,
     debug_routes_stay_out_of_the_red_metrics,
     a_request_through_a_proxy_is_refused_by_the_loopback_rule,
 );

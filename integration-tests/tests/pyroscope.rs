@@ -41,6 +41,21 @@ fn cumulative_percent(top: &str, function: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A pushed profile saved as `name` and read by `go tool pprof -top`: the file and the output.
+fn read_pushed(push: &Push, name: &str) -> (std::path::PathBuf, String) {
+    let profile = push.profile.as_ref().expect("a profile part");
+    assert_eq!(&profile[..2], &[0x1f, 0x8b], "gzipped pprof");
+    let file = std::env::temp_dir().join(name);
+    std::fs::write(&file, profile).expect("write the pushed profile");
+    let out = go_tool_pprof(&["-top", file.to_str().unwrap()], Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (file, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(bytes)
@@ -65,7 +80,8 @@ fn pushes_follow_the_ingest_api_and_profiles_show_the_workload(package: &str) {
     // 20 ms of CPU work a request: it outweighs what a debug build spends on each request
     // around it (connection, parsing, routing), as the assertion below expects.
     let load = Load::start(example.addr, "/work?ms=20", 2, u64::MAX);
-    let pushes = wait_for_pushes(&receiver, 3, Duration::from_secs(30));
+    // Each window: its CPU profile, then its allocation profile.
+    let pushes = wait_for_pushes(&receiver, 6, Duration::from_secs(30));
     // Meanwhile an on-demand profile shares the sampler: no 409 because of the agent.
     let on_demand = fetch(
         example.addr,
@@ -81,8 +97,36 @@ fn pushes_follow_the_ingest_api_and_profiles_show_the_workload(package: &str) {
         String::from_utf8_lossy(&on_demand.body)
     );
     assert!(ok > 0 && failed == 0, "load: {ok} ok, {failed} failed");
-    assert!(pushes.len() >= 3, "{} pushes in 30 s", pushes.len());
-    for (i, push) in pushes.iter().enumerate() {
+    let (cpu, heap): (Vec<&Push>, Vec<&Push>) =
+        pushes.iter().partition(|p| p.sample_type_config.is_none());
+    assert!(cpu.len() >= 3, "{} CPU pushes in 30 s", cpu.len());
+    assert!(heap.len() >= 2, "{} allocation pushes in 30 s", heap.len());
+    for (i, push) in heap.iter().enumerate() {
+        assert_eq!(push.path, "/ingest");
+        assert_eq!(
+            push.query["name"],
+            format!("{package}{{service={package}}}")
+        );
+        assert_eq!(push.query["format"], "pprof");
+        // Pyroscope reads the window's allocations as they are and averages what is allocated.
+        let config = push
+            .sample_type_config
+            .as_ref()
+            .expect("a sample_type_config");
+        for (sample_type, units) in [
+            ("alloc_objects", "objects"),
+            ("alloc_space", "bytes"),
+            ("inuse_objects", "objects"),
+            ("inuse_space", "bytes"),
+        ] {
+            assert_eq!(config[sample_type]["units"], units, "{config}");
+            assert_eq!(config[sample_type]["cumulative"], false, "{config}");
+        }
+        assert_eq!(config["inuse_space"]["aggregation"], "average");
+        let (_, top) = read_pushed(push, &format!("observe-push-{package}-allocs-{i}.pb.gz"));
+        assert!(top.contains("Type: alloc_space"), "push {i}:\n{top}");
+    }
+    for (i, push) in cpu.iter().enumerate() {
         assert_eq!(push.method, "POST");
         assert_eq!(push.path, "/ingest");
         let q = &push.query;
@@ -101,16 +145,7 @@ fn pushes_follow_the_ingest_api_and_profiles_show_the_workload(package: &str) {
         assert_eq!(push.headers["x-scope-orgid"], "team-a");
         assert_eq!(push.headers["authorization"], "Basic dXNlcjpzZWNyZXQ=");
         let profile = push.profile.as_ref().expect("a profile part");
-        assert_eq!(&profile[..2], &[0x1f, 0x8b], "gzipped pprof");
-        let file = std::env::temp_dir().join(format!("observe-push-{package}-{i}.pb.gz"));
-        std::fs::write(&file, profile).expect("write the pushed profile");
-        let out = go_tool_pprof(&["-top", file.to_str().unwrap()], Duration::from_secs(60));
-        let top = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (file, top) = read_pushed(push, &format!("observe-push-{package}-{i}.pb.gz"));
         // The workload holds most of the CPU time (cumulative: in a debug build its flat time
         // sits in the iterator functions it calls).
         assert!(

@@ -63,10 +63,10 @@ pub use observe_core::{
     self, in_current_request, prometheus, HttpMetrics, InCurrentRequest, ObserveBuilder,
     ObserveError,
 };
-#[cfg(feature = "jemalloc-heap-profile")]
-pub use observe_pprof::jemalloc_heap_profiling;
 #[cfg(feature = "pprof")]
-pub use observe_pprof::{self, Access, ContinuousProfiling, Pprof, ProfilingSettings};
+pub use observe_pprof::{
+    self, Access, ContinuousProfiling, Pprof, ProfiledAllocator, ProfilingSettings,
+};
 #[cfg(feature = "pprof")]
 pub use pprof::{pprof_routes, serve_pprof_on_loopback};
 pub use service::ObserveMiddleware;

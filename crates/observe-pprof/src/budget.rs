@@ -24,9 +24,9 @@ const MIB: u64 = 1024 * 1024;
 const RING: u64 = 524 * 1024;
 /// The kept stacks: their frames, and per stack its count and the map's overhead.
 const STACKS: u64 = MAX_FRAMES as u64 * 8 + MAX_STACKS as u64 * 64;
-/// What a heap profile holds besides the symbol tables: jemalloc's dump, parsed, and its
-/// encoding (the examples' dumps are far smaller: `docs/performance.md`).
-const HEAP_DUMP: u64 = 8 * MIB;
+/// What a heap profile holds besides the symbol tables: two copies of the sample table (a
+/// delta profile's), and the encoding, about as much again.
+const HEAP_DUMP: u64 = 3 * crate::heap::TABLE_BYTES as u64;
 
 /// A task in a task dump: tokio's trace of it, its symbolized frames and its text; about three
 /// times what an idle task measured (`docs/performance.md`), for tasks awaiting deeper.

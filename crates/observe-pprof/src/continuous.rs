@@ -1,6 +1,8 @@
 //! Continuous profiling: every 10 s (configurable) the CPU samples of the last window go to a
 //! Pyroscope server as pprof, from the process's one sampler, which `/debug/pprof/profile`
-//! shares meanwhile (no second timer, no 409).
+//! shares meanwhile (no second timer, no 409); and, where `ProfiledAllocator` samples the
+//! heap, the window's allocation profile beside it (allocations of the window, what is
+//! allocated at its end), as Pyroscope's Go client pushes one.
 //!
 //! A slow, failing or absent server never reaches requests and never grows memory: pushes
 //! run on one thread of their own with timeouts, a window is tried twice at most and then
@@ -11,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use observe_core::prometheus::core::{Collector, Desc};
 use observe_core::prometheus::proto::MetricFamily;
@@ -20,6 +22,7 @@ use observe_core::HttpMetrics;
 
 use crate::cpu::CpuProfile;
 use crate::error::PprofError;
+use crate::heap;
 use crate::params::{DEFAULT_FREQUENCY, MAX_FREQUENCY};
 use crate::pyroscope::{self, Endpoint, Outcome, Push};
 use crate::sampler;
@@ -271,6 +274,9 @@ struct Pusher {
 impl Pusher {
     fn run(mut self, subscription: sampler::Subscription) {
         let mut next = Instant::now() + self.config.every;
+        // The heap samples at the last window's end: each push has the allocations since.
+        let mut heap_before = None;
+        let mut heap_since = SystemTime::now();
         loop {
             // Wait for the window's end, or for the handle's drop.
             loop {
@@ -285,46 +291,70 @@ impl Pusher {
             }
             next += self.config.every;
             let window = subscription.take();
-            if window.samples() == 0 {
-                continue; // an idle process: nothing to push
-            }
-            let (from, until) = (window.started, window.started + window.duration);
-            let frequency = window.frequency;
-            let profile = CpuProfile::new(window);
-            let pprof = match profile.to_pprof() {
-                Ok(pprof) => pprof,
-                Err(e) => {
-                    self.count("failed", &e.to_string());
-                    continue;
+            if window.samples() > 0 {
+                let (from, until) = (window.started, window.started + window.duration);
+                let frequency = window.frequency;
+                let profile = CpuProfile::new(window);
+                match profile.to_pprof() {
+                    Ok(pprof) => {
+                        drop(profile);
+                        if !self.send(from, until, frequency, None, &pprof) {
+                            return;
+                        }
+                    }
+                    Err(e) => self.count("failed", &e.to_string()),
                 }
-            };
-            drop(profile);
-            let push = Push {
-                name: &self.name,
-                from,
-                until,
-                sample_rate: frequency,
-                authorization: self.config.authorization.as_deref(),
-                tenant: self.config.tenant.as_deref(),
-                timeout: self.config.timeout,
-            };
-            let mut outcome = pyroscope::push(&self.config.endpoint, &push, &pprof);
-            if let Outcome::Failed(_) = outcome {
-                // One retry, a second later: enough for a restart, never a queue.
-                std::thread::park_timeout(Duration::from_secs(1));
-                if self.stop.load(Ordering::Acquire) {
+            }
+            // The allocation profile beside it, as Pyroscope's Go client pushes one.
+            let until = SystemTime::now();
+            let duration = until.duration_since(heap_since).unwrap_or_default();
+            if let Some(pprof) = heap::window_profile(&mut heap_before, heap_since, duration) {
+                let types = Some(heap::PYROSCOPE_SAMPLE_TYPES);
+                if !self.send(heap_since, until, self.config.frequency, types, &pprof) {
                     return;
                 }
-                outcome = pyroscope::push(&self.config.endpoint, &push, &pprof);
             }
-            match outcome {
-                Outcome::Accepted => self.uploads.with_label_values(&["ok"]).inc(),
-                Outcome::Refused(status) => {
-                    self.count("refused", &format!("the server answered {status}"))
-                }
-                Outcome::Failed(why) => self.count("failed", &why),
-            }
+            heap_since = until;
         }
+    }
+
+    /// Pushes one profile (once more a second later if it failed) and counts how it went;
+    /// `false` when the handle was dropped meanwhile.
+    fn send(
+        &mut self,
+        from: SystemTime,
+        until: SystemTime,
+        sample_rate: u32,
+        sample_type_config: Option<&str>,
+        pprof: &[u8],
+    ) -> bool {
+        let push = Push {
+            name: &self.name,
+            from,
+            until,
+            sample_rate,
+            authorization: self.config.authorization.as_deref(),
+            tenant: self.config.tenant.as_deref(),
+            timeout: self.config.timeout,
+            sample_type_config,
+        };
+        let mut outcome = pyroscope::push(&self.config.endpoint, &push, pprof);
+        if let Outcome::Failed(_) = outcome {
+            // One retry, a second later: enough for a restart, never a queue.
+            std::thread::park_timeout(Duration::from_secs(1));
+            if self.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            outcome = pyroscope::push(&self.config.endpoint, &push, pprof);
+        }
+        match outcome {
+            Outcome::Accepted => self.uploads.with_label_values(&["ok"]).inc(),
+            Outcome::Refused(status) => {
+                self.count("refused", &format!("the server answered {status}"))
+            }
+            Outcome::Failed(why) => self.count("failed", &why),
+        }
+        true
     }
 
     fn count(&mut self, result: &str, why: &str) {
@@ -333,7 +363,7 @@ impl Pusher {
         if self.last_warning.is_none_or(|t| now - t >= WARN_EVERY) {
             self.last_warning = Some(now);
             eprintln!(
-                "observe: a CPU profile push to Pyroscope was dropped ({result}: {why}); \
+                "observe: a profile push to Pyroscope was dropped ({result}: {why}); \
                  {UPLOADS_METRIC} counts them, this warning repeats at most once a minute"
             );
         }

@@ -11,8 +11,9 @@ use crate::access::{Access, AccessRequest};
 use crate::budget::{self, DEFAULT_MEMORY_BUDGET};
 use crate::cpu::CpuProfiler;
 use crate::error::PprofError;
+use crate::heap::MemoryProfile;
 use crate::job::{Plan, ProfileJob, Work};
-use crate::params::{ProfileParams, DEFAULT_MAX_SECONDS};
+use crate::params::{HeapParams, ProfileParams, DEFAULT_MAX_SECONDS};
 use crate::sampler;
 use crate::{heap, index, response, tasks};
 
@@ -154,11 +155,21 @@ impl Pprof {
                     Err(e) => return Plan::Respond(e.into()),
                 }
             }
-            "heap" => {
+            "heap" | "allocs" => {
+                let which = if profile == "heap" {
+                    MemoryProfile::Heap
+                } else {
+                    MemoryProfile::Allocs
+                };
                 let budget = self.config.memory_budget;
-                let fits = budget::check("heap profile", budget::heap_profile(), budget);
-                match heap::availability().and(fits) {
-                    Ok(()) => Work::Heap,
+                let checked =
+                    HeapParams::parse(query, self.config.max_seconds).and_then(|params| {
+                        heap::availability()?;
+                        budget::check("heap profile", budget::heap_profile(), budget)?;
+                        Ok(params)
+                    });
+                match checked {
+                    Ok(params) => Work::Memory { which, params },
                     Err(e) => return Plan::Respond(e.into()),
                 }
             }

@@ -20,7 +20,7 @@ pub enum PprofError {
         value: String,
     },
     /// A query parameter that is neither a profile's own nor a label samples carry.
-    #[error("unknown label {name:?}: CPU profiles filter by http_route, http_request_method, trace_id and span_id (e.g. ?http_route=/users/{{id}})")]
+    #[error("unknown label {name:?}: profiles filter by http_route, http_request_method, trace_id and span_id (e.g. ?http_route=/users/{{id}})")]
     UnknownLabel {
         /// The parameter's name as given (shortened).
         name: String,
@@ -44,9 +44,6 @@ pub enum PprofError {
     /// Another CPU profile is running in this process.
     #[error("profiling is already in use: one CPU profile runs at a time per process; retry when it ends")]
     Busy,
-    /// Another heap dump is being written.
-    #[error("a heap profile is already being written; retry in a moment")]
-    HeapBusy,
     /// No such profile at this server.
     #[error("unknown profile {name:?}: this server serves {served} (see /debug/pprof/)")]
     UnknownProfile {
@@ -97,7 +94,7 @@ impl PprofError {
             | PprofError::InvalidMaxSeconds(_)
             | PprofError::EmptyToken
             | PprofError::InvalidContinuousProfiling(_) => 400,
-            PprofError::Busy | PprofError::HeapBusy => 409,
+            PprofError::Busy => 409,
             PprofError::UnknownProfile { .. } | PprofError::CmdlineDisabled => 404,
             PprofError::HeapUnavailable(_) | PprofError::TasksUnavailable(_) => 501,
             PprofError::OverBudget(_) | PprofError::TaskDumpTimeout(_) => 503,

@@ -19,7 +19,7 @@ pub(crate) struct Entry {
 pub(crate) fn served(cmdline: bool) -> Vec<&'static str> {
     let mut names = vec!["profile", "flamegraph"];
     if heap::availability().is_ok() {
-        names.push("heap");
+        names.extend(["heap", "allocs"]);
     }
     if tasks::availability().is_ok() {
         names.push("tasks");
@@ -60,7 +60,13 @@ pub(crate) fn page(max_seconds: u64, cmdline: bool, host: Option<&str>) -> Endpo
         entries.push(Entry {
             name: "heap",
             href: "heap",
-            description: "Live heap allocations sampled by jemalloc, in pprof format (<code>inuse_space</code>).",
+            description: "What is allocated now, sampled by the allocator, in pprof format (<code>inuse_space</code>; add <code>?seconds=N</code> for what changed over N s).",
+            seconds: None,
+        });
+        entries.push(Entry {
+            name: "allocs",
+            href: "allocs",
+            description: "Everything allocated since start, from the same samples (<code>alloc_space</code>).",
             seconds: None,
         });
     }

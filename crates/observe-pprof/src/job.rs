@@ -7,7 +7,8 @@ use std::sync::Arc;
 use observe_core::adapter::{BlockingWork, EndpointResponse, TEXT_PLAIN};
 
 use crate::cpu::CpuProfiler;
-use crate::params::ProfileParams;
+use crate::heap::MemoryProfile;
+use crate::params::{HeapParams, ProfileParams};
 use crate::{heap, response, tasks};
 
 /// What a request comes to once checked: its response, or the profile that gives it.
@@ -34,11 +35,13 @@ pub(crate) enum Work {
         params: ProfileParams,
         flamegraph: bool,
     },
-    Heap,
-    /// Holds the CPU profiler too: one profiling operation at a time.
-    Tasks {
-        _profiler: CpuProfiler,
+    /// A heap or allocation profile (the allocator's samples).
+    Memory {
+        which: MemoryProfile,
+        params: HeapParams,
     },
+    /// Holds the CPU profiler too: one profiling operation at a time.
+    Tasks { _profiler: CpuProfiler },
 }
 
 /// Stops the [`ProfileJob`] it came from when dropped. Kept in the request's future: a client
@@ -78,7 +81,8 @@ impl BlockingWork for ProfileJob {
                         .map(|pb| response::attachment(pb, "profile"))
                 }
             }),
-            Work::Heap => heap::dump().map(|pb| response::attachment(pb, "heap")),
+            Work::Memory { which, params } => heap::profile(which, &params, &self.cancel)
+                .map(|pb| response::attachment(pb, which.name())),
             Work::Tasks { _profiler } => {
                 tasks::dump(&self.cancel).map(|text| EndpointResponse::ok(TEXT_PLAIN, text))
             }

@@ -1,5 +1,5 @@
 //! `/debug/pprof/*` for any Rust web framework: CPU profiles `go tool pprof` reads, flame
-//! graphs, jemalloc heap profiles and an index page, with bounds, one profile at a time and an
+//! graphs, heap and allocation profiles over any allocator, and an index page, with bounds, one profile at a time and an
 //! access rule in front. `observe-tower` and `observe-actix` mount it with their `pprof`
 //! feature; see `docs/pprof.md`.
 //!
@@ -52,7 +52,8 @@
 //! | `/debug/pprof/` | HTML index of what this process serves |
 //! | `/debug/pprof/profile?seconds=30&frequency=99` | gzipped pprof CPU profile |
 //! | `/debug/pprof/flamegraph?seconds=30&frequency=99` | SVG flame graph of a CPU profile |
-//! | `/debug/pprof/heap` | gzipped pprof heap profile (`jemalloc-heap-profile` feature) |
+//! | `/debug/pprof/heap?seconds=N` | gzipped pprof heap profile: Go's four sample types, `inuse_space` first (with [`ProfiledAllocator`] as the global allocator) |
+//! | `/debug/pprof/allocs?seconds=N` | the same samples, `alloc_space` first |
 //! | `/debug/pprof/tasks` | every tokio task's await points as text (`taskdump` feature and `--cfg tokio_unstable`) |
 //! | `/debug/pprof/cmdline` | the command line, NUL-separated (off unless enabled) |
 
@@ -81,8 +82,7 @@ pub use continuous::{ContinuousProfiling, ContinuousProfilingGuard, UPLOADS_METR
 pub use cpu::{CpuProfile, CpuProfiler};
 pub use endpoints::{Pprof, PprofBuilder};
 pub use error::PprofError;
-#[cfg(feature = "jemalloc-heap-profile")]
-pub use heap::Jemalloc;
+pub use heap::{ProfiledAllocator, DEFAULT_HEAP_SAMPLE_BYTES};
 pub use labels::LabelFilter;
 pub use params::{
     ProfileParams, DEFAULT_FREQUENCY, DEFAULT_MAX_SECONDS, DEFAULT_SECONDS, MAX_FREQUENCY,

@@ -41,15 +41,7 @@ impl ProfileParams {
         let max_seconds = max_seconds.max(1);
         let seconds = match first_value(query, "seconds") {
             None => DEFAULT_SECONDS.min(max_seconds),
-            Some(raw) => match raw.parse::<u64>() {
-                Ok(n) if (1..=max_seconds).contains(&n) => n,
-                _ => {
-                    return Err(PprofError::InvalidSeconds {
-                        value: shown(raw),
-                        max: max_seconds,
-                    })
-                }
-            },
+            Some(raw) => seconds(raw, max_seconds)?,
         };
         let frequency = match first_value(query, "frequency") {
             None => DEFAULT_FREQUENCY,
@@ -87,6 +79,39 @@ impl ProfileParams {
     }
 }
 
+/// The validated parameters of a heap or allocation profile request: `seconds` asks for a
+/// delta profile (what was allocated and freed over that many seconds, as Go's `?seconds=`),
+/// and label filters keep one request's samples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeapParams {
+    pub(crate) delta_seconds: Option<u64>,
+    pub(crate) labels: LabelFilter,
+}
+
+impl HeapParams {
+    /// Reads `seconds` (1..=`max_seconds`, absent: the profile now) and the label filters.
+    pub(crate) fn parse(query: Option<&str>, max_seconds: u64) -> Result<Self, PprofError> {
+        let delta_seconds = match first_value(query, "seconds") {
+            None => None,
+            Some(raw) => Some(seconds(raw, max_seconds.max(1))?),
+        };
+        Ok(HeapParams {
+            delta_seconds,
+            labels: LabelFilter::parse(query)?,
+        })
+    }
+}
+
+fn seconds(raw: &str, max_seconds: u64) -> Result<u64, PprofError> {
+    match raw.parse::<u64>() {
+        Ok(n) if (1..=max_seconds).contains(&n) => Ok(n),
+        _ => Err(PprofError::InvalidSeconds {
+            value: shown(raw),
+            max: max_seconds,
+        }),
+    }
+}
+
 fn first_value<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
     query?
         .split('&')
@@ -104,7 +129,15 @@ pub(crate) fn shown(raw: &str) -> String {
     let mut s: String = raw
         .chars()
         .take(32)
-        .map(|c| if c.is_control() { '?' } else { c })
+        // Anything `{:?}` would escape (controls, unassigned code points, quotes) is shown as
+        // `?`, so the message stays as short as the value.
+        .map(|c| {
+            if c.escape_debug().count() == 1 {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     if raw.chars().count() > 32 {
         s.push('…');
@@ -194,10 +227,22 @@ mod tests {
     }
 
     #[test]
+    fn a_heap_profile_is_a_snapshot_unless_it_asks_for_seconds() {
+        let now = HeapParams::parse(None, 60).unwrap();
+        assert_eq!(now.delta_seconds, None);
+        let delta = HeapParams::parse(Some("seconds=5&http_route=/leak"), 60).unwrap();
+        assert_eq!(delta.delta_seconds, Some(5));
+        assert!(!delta.labels.is_empty());
+        assert!(HeapParams::parse(Some("seconds=61"), 60).is_err());
+        assert!(HeapParams::parse(Some("route=/leak"), 60).is_err());
+    }
+
+    #[test]
     fn echoed_values_are_bounded_and_printable() {
         let long = "9".repeat(500);
         let msg = parse(&format!("seconds={long}")).unwrap_err().to_string();
         assert!(msg.len() < 200, "{msg}");
         assert_eq!(shown("a\u{7}b"), "a?b");
+        assert_eq!(shown("\u{2ee5e}\"x"), "??x");
     }
 }

@@ -285,6 +285,11 @@ impl<'a> ProfileBuilder<'a> {
         });
     }
 
+    /// The sample type `go tool pprof` shows unless told otherwise (by default the last).
+    pub(crate) fn default_sample_type(&mut self, name: &str) {
+        self.profile.default_sample_type = self.string(name);
+    }
+
     /// A line of the profile's comments (`go tool pprof -comments` prints them).
     pub(crate) fn comment(&mut self, text: &str) {
         let id = self.string(text);

@@ -75,6 +75,9 @@ pub(crate) struct Push<'a> {
     pub(crate) authorization: Option<&'a str>,
     pub(crate) tenant: Option<&'a str>,
     pub(crate) timeout: Duration,
+    /// How the server is to read each sample type (the `sample_type_config` part, JSON), for
+    /// profiles other than CPU.
+    pub(crate) sample_type_config: Option<&'a str>,
 }
 
 /// How a push went.
@@ -127,6 +130,12 @@ fn send(endpoint: &Endpoint, push: &Push<'_>, pprof: &[u8]) -> std::io::Result<u
         "--{boundary}\r\nContent-Disposition: form-data; name=\"profile\"; filename=\"profile.pprof\"\r\nContent-Type: application/octet-stream\r\n\r\n"
     )?;
     body.extend_from_slice(pprof);
+    if let Some(config) = push.sample_type_config {
+        write!(
+            body,
+            "\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"sample_type_config\"; filename=\"sample_type_config.json\"\r\nContent-Type: application/json\r\n\r\n{config}"
+        )?;
+    }
     write!(body, "\r\n--{boundary}--\r\n")?;
 
     let mut head = format!(

@@ -206,3 +206,15 @@ proptest! {
         prop_assert_eq!(answer.status, if proxied { 403 } else { 200 });
     }
 }
+
+/// Found by the property above: a label name of characters `{:?}` escapes made a 230-character
+/// message.
+#[test]
+fn an_unknown_label_of_escaped_characters_still_gives_a_short_message() {
+    let query =
+        "\u{2ee5e}\u{18cd6}\u{2ebe1}¡A¡\0A\0\u{3347a}\u{3347a}a¡\u{1fff}\u{b}Aaa\u{b}\u{e000}a";
+    let message = ProfileParams::parse(Some(query), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(message.chars().count() < 200, "{message}");
+}

@@ -27,9 +27,12 @@ use actix_web::{guard, web, App, HttpResponse, HttpServer, Responder, Route};
 use observe_actix::{in_current_request, observe_pprof};
 use observe_actix::{Observe, ProfilingSettings};
 
-// jemalloc serves every allocation, with its heap profiler on: `/debug/pprof/heap` shows
-// where live memory was allocated.
-observe_actix::jemalloc_heap_profiling!();
+/// mimalloc serves every allocation, sampled once per 512 KiB on average: `/debug/pprof/heap`
+/// shows where live memory was allocated, `/debug/pprof/allocs` where allocations come from,
+/// by route.
+#[global_allocator]
+static ALLOCATOR: observe_actix::ProfiledAllocator<mimalloc::MiMalloc> =
+    observe_actix::ProfiledAllocator::new(mimalloc::MiMalloc);
 
 /// The service's routes, without observe, so tests can compare with and without.
 fn api(config: &mut web::ServiceConfig) {
@@ -42,6 +45,7 @@ fn api(config: &mut web::ServiceConfig) {
         .service(web::resource("/stream").route(get().to(stream)))
         .service(web::resource("/work").route(get().to(work)))
         .service(web::resource("/work/inline").route(get().to(work_inline)))
+        .service(web::resource("/leak").route(get().to(leak)))
         .service(web::resource("/idle-tasks").route(get().to(idle_tasks)))
         .service(web::resource("/block").route(get().to(block)))
         .service(web::scope("/api").service(web::resource("/items/{id}").route(get().to(item))));
@@ -76,6 +80,10 @@ async fn stream(p: web::Query<api::StreamParams>) -> impl Responder {
 
 async fn work(p: web::Query<api::WorkParams>) -> String {
     api::work(p.into_inner()).await
+}
+
+async fn leak(p: web::Query<api::LeakParams>) -> String {
+    api::leak(p.into_inner())
 }
 
 async fn work_inline(p: web::Query<api::InlineWorkParams>) -> String {

@@ -30,9 +30,12 @@ use observe_tower::{ObserveLayer, ProfilingSettings};
 use serde_json::Value;
 use std::net::SocketAddr;
 
-// jemalloc serves every allocation, with its heap profiler on: `/debug/pprof/heap` shows
-// where live memory was allocated.
-observe_tower::jemalloc_heap_profiling!();
+/// The system's allocator serves every allocation, sampled once per 512 KiB on average:
+/// `/debug/pprof/heap` shows where live memory was allocated, `/debug/pprof/allocs` where
+/// allocations come from, by route.
+#[global_allocator]
+static ALLOCATOR: observe_tower::ProfiledAllocator<std::alloc::System> =
+    observe_tower::ProfiledAllocator::new(std::alloc::System);
 
 /// The service's routes, without observe, so tests can compare with and without.
 fn api() -> Router {
@@ -43,6 +46,7 @@ fn api() -> Router {
         .route("/fail", get(fail))
         .route("/stream", get(stream))
         .route("/work", get(work))
+        .route("/leak", get(leak))
         .route("/work/inline", get(work_inline))
         .route("/idle-tasks", get(idle_tasks))
         .route("/block", get(block))
@@ -71,6 +75,10 @@ async fn stream(Query(p): Query<api::StreamParams>) -> Body {
 
 async fn work(Query(p): Query<api::WorkParams>) -> String {
     api::work(p).await
+}
+
+async fn leak(Query(p): Query<api::LeakParams>) -> String {
+    api::leak(p)
 }
 
 async fn work_inline(Query(p): Query<api::InlineWorkParams>) -> String {

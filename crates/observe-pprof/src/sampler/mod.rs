@@ -27,11 +27,12 @@ mod ring;
 mod signal;
 #[cfg(target_os = "linux")]
 mod timers;
+pub(crate) mod unwind;
 
 use ring::Ring;
-pub(crate) use ring::TRUNCATED;
 #[cfg(test)]
-pub(crate) use ring::{INNER, MAX_DEPTH};
+pub(crate) use ring::INNER;
+pub(crate) use ring::{MAX_DEPTH, TRUNCATED};
 #[cfg(target_os = "linux")]
 pub(crate) use timers::{per_thread_timers, Clock, PROCESS_TIMER_MAX_HZ};
 

@@ -6,7 +6,7 @@
 //! interrupted program counter, keeps only that if it lies in code that cannot be unwound
 //! safely (the unwinder itself, the loader, libc: the signal may have landed while they hold
 //! a lock the unwinder needs), otherwise unwinds with libgcc's unwinder into a buffer on its
-//! stack, and leaves the stack in the [`Ring`].
+//! stack (`unwind.rs`), and leaves the stack in the [`Ring`].
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -14,7 +14,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
-use super::ring::{Ring, INNER, MAX_DEPTH, TRUNCATED};
+use super::ring::{Ring, MAX_DEPTH};
 use super::timers::{PROCESS_TAG, THREAD_TAG};
 use observe_core::adapter::RequestLabels;
 
@@ -234,58 +234,14 @@ fn sample(target: &Target, pc: usize, weight: u32) {
         target.ring.push(&[pc], weight, labels);
         return;
     }
-    // The innermost INNER frames, then the outermost OUTER ones seen so far, in a circle: a
-    // stack deeper than MAX_DEPTH keeps both ends, whatever its depth (up to UNWIND_LIMIT).
-    const OUTER: usize = MAX_DEPTH - INNER - 1;
-    const UNWIND_LIMIT: usize = 1024;
     let mut frames = [0usize; MAX_DEPTH];
-    let mut outer = [0usize; OUTER];
-    let mut depth = 0;
     // The unwinder starts in this handler; the interrupted frame is the one at `pc` (the
     // signal frame's CFI hands it over exactly). Frames above it are the sampler's own.
-    let mut reached = false;
-    // SAFETY: `trace_unsynchronized` needs no other thread to unwind at the same time through
-    // backtrace's lock-free path; libgcc's unwinder is what Go's cgo traceback and other Rust profilers
-    // use from signal handlers, with the same blocklist against its one lock.
-    unsafe {
-        backtrace::trace_unsynchronized(|frame| {
-            let ip = frame.ip() as usize;
-            if ip == 0 {
-                // The end of the stack (a thread's root has no caller).
-                return false;
-            }
-            if !reached {
-                reached = ip == pc;
-                if !reached {
-                    return true;
-                }
-            }
-            // The interrupted frame's address is exact; callers' are return addresses: one
-            // less is inside the call, which is what names the caller's line and function.
-            let address = if depth == 0 { ip } else { ip.saturating_sub(1) };
-            if depth < MAX_DEPTH {
-                frames[depth] = address;
-            }
-            if depth >= INNER {
-                outer[(depth - INNER) % OUTER] = address;
-            }
-            depth += 1;
-            depth < UNWIND_LIMIT
-        });
-    }
+    let mut depth = super::unwind::unwind(Some(pc), &mut frames);
     if depth == 0 {
         // The unwinder could not pass the signal frame: keep at least where it landed.
         frames[0] = pc;
         depth = 1;
-    }
-    if depth > MAX_DEPTH {
-        // Both ends: the innermost frames, the marker, the outermost in their order.
-        frames[INNER] = TRUNCATED;
-        let first = (depth - INNER) % OUTER;
-        for i in 0..OUTER {
-            frames[INNER + 1 + i] = outer[(first + i) % OUTER];
-        }
-        depth = MAX_DEPTH;
     }
     target.ring.push(&frames[..depth], weight, labels);
 }
