@@ -73,6 +73,14 @@ unstable() { RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$unstable_target
 
 step "cargo fetch"
 cargo fetch --quiet
+# The release examples build in the background, in their own target directory, while the
+# lints run: on two cores each fills the moments the other leaves a core idle (a link, a
+# build script, the last crate of a graph). Its output is shown only if it fails.
+step "build the release examples, with tokio's task dump, in the background (in $unstable_target)"
+release_log=$(mktemp)
+unstable build -q --release -p example-axum -p example-actix >"$release_log" 2>&1 &
+release_build=$!
+trap 'kill "$release_build" 2>/dev/null || true; rm -f "$release_log"' EXIT
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy"
@@ -91,11 +99,6 @@ for spec in observe-core: observe-core:runtime-metrics \
   echo "   $package --no-default-features ${features:+--features $features}"
   cargo clippy -q -p "$package" --no-default-features ${features:+--features "$features"} -- -D warnings
 done
-# `--cfg tokio_unstable` compiles code no other build sees (tokio's unstable metrics, the task
-# dump, all in observe-core and observe-pprof): lint it, and run its unit tests further down.
-step "cargo clippy, --cfg tokio_unstable (in $unstable_target)"
-unstable clippy -q -p observe-core -p observe-pprof --all-targets --features "$unstable_features" \
-  -- -D warnings
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --all-features
 # One build for the tests and the binaries they start: built apart, the examples would get
@@ -105,8 +108,17 @@ cargo build -q --workspace --tests --bins
 # integration-tests/tests/pprof_memory.rs measures what a profile costs a release build;
 # load_and_faults.rs and slow_clients.rs put the release builds under load and hostile
 # clients; runtime.rs dumps their tasks, which needs `--cfg tokio_unstable`.
-step "build the release examples, with tokio's task dump (in $unstable_target)"
-unstable build -q --release -p example-axum -p example-actix
+step "wait for the release examples (built in the background)"
+if ! wait "$release_build"; then
+  cat "$release_log" >&2
+  echo "the release build of the examples failed" >&2
+  exit 1
+fi
+# `--cfg tokio_unstable` compiles code no other build sees (tokio's unstable metrics, the task
+# dump, all in observe-core and observe-pprof): lint it, and run its unit tests.
+step "cargo clippy, --cfg tokio_unstable (in $unstable_target)"
+unstable clippy -q -p observe-core -p observe-pprof --all-targets --features "$unstable_features" \
+  -- -D warnings
 step "unit tests, --cfg tokio_unstable: observe-core and observe-pprof (in $unstable_target)"
 unstable nextest run --no-fail-fast -p observe-core -p observe-pprof --lib --features "$unstable_features"
 step "cargo nextest run"
