@@ -73,14 +73,6 @@ unstable() { RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$unstable_target
 
 step "cargo fetch"
 cargo fetch --quiet
-# The release examples build in the background, in their own target directory, while the
-# lints run: on two cores each fills the moments the other leaves a core idle (a link, a
-# build script, the last crate of a graph). Its output is shown only if it fails.
-step "build the release examples, with tokio's task dump, in the background (in $unstable_target)"
-release_log=$(mktemp)
-unstable build -q --release -p example-axum -p example-actix >"$release_log" 2>&1 &
-release_build=$!
-trap 'kill "$release_build" 2>/dev/null || true; rm -f "$release_log"' EXIT
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy"
@@ -108,12 +100,8 @@ cargo build -q --workspace --tests --bins
 # integration-tests/tests/pprof_memory.rs measures what a profile costs a release build;
 # load_and_faults.rs and slow_clients.rs put the release builds under load and hostile
 # clients; runtime.rs dumps their tasks, which needs `--cfg tokio_unstable`.
-step "wait for the release examples (built in the background)"
-if ! wait "$release_build"; then
-  cat "$release_log" >&2
-  echo "the release build of the examples failed" >&2
-  exit 1
-fi
+step "build the release examples, with tokio's task dump (in $unstable_target)"
+unstable build -q --release -p example-axum -p example-actix
 # `--cfg tokio_unstable` compiles code no other build sees (tokio's unstable metrics, the task
 # dump, all in observe-core and observe-pprof): lint it, and run its unit tests.
 step "cargo clippy, --cfg tokio_unstable (in $unstable_target)"
