@@ -115,8 +115,7 @@ impl Measured {
 /// Fetches `path` from the release `package` under load; the answer's body.
 fn profile_under_load(package: &str, path: &str, what: &str) -> Vec<u8> {
     let example = Example::start_release(package, &[("MIMALLOC_PURGE_DELAY", "0")]);
-    // One client: load enough to profile, and a core left for the tests beside this one.
-    let load = Load::start(example.addr, "/work?ms=2", 1, u64::MAX);
+    let load = Load::start(example.addr, "/work?ms=2", 2, u64::MAX);
     let (measured, body) = measure(&example, path);
     let (ok, failed) = load.finish();
     assert!(ok > 0 && failed == 0, "load: {ok} ok, {failed} failed");

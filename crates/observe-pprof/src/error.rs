@@ -83,6 +83,27 @@ pub enum PprofError {
     Encode(String),
 }
 
+/// The offending value as it goes back in a one-line error: bounded, printable.
+pub(crate) fn shown(raw: &str) -> String {
+    let mut s: String = raw
+        .chars()
+        .take(32)
+        // Anything `{:?}` would escape (controls, unassigned code points, quotes) is shown as
+        // `?`, so the message stays as short as the value.
+        .map(|c| {
+            if c.escape_debug().count() == 1 {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if raw.chars().count() > 32 {
+        s.push('…');
+    }
+    s
+}
+
 impl PprofError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> u16 {
@@ -102,5 +123,17 @@ impl PprofError {
             PprofError::Cancelled => 499,
             PprofError::Sampler(_) | PprofError::Encode(_) => 500,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn echoed_values_are_bounded_and_printable() {
+        assert_eq!(shown("a\u{7}b"), "a?b");
+        assert_eq!(shown("\u{2ee5e}\"x"), "??x");
+        assert_eq!(shown(&"9".repeat(500)).chars().count(), 33);
     }
 }

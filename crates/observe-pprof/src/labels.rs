@@ -50,7 +50,7 @@ impl LabelFilter {
             }
             let Some(key) = KEYS.iter().find(|k| **k == key) else {
                 return Err(PprofError::UnknownLabel {
-                    name: crate::params::shown(&decoded(key)),
+                    name: crate::error::shown(&decoded(key)),
                 });
             };
             pairs.push((*key, decoded(value)));

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
 use super::ring::{Ring, MAX_DEPTH};
-use super::timers::{PROCESS_TAG, THREAD_TAG};
 use observe_core::adapter::RequestLabels;
 
 /// What the handler samples into: set while sampling, null otherwise.
@@ -36,7 +35,16 @@ pub(crate) struct Target {
 }
 
 /// Slots of [`Target::armed`]: twice the threads that can have a timer.
-const ARMED_SLOTS: usize = 2 * super::timers::MAX_THREAD_TIMERS;
+const ARMED_SLOTS: usize = 2 * MAX_THREAD_TIMERS;
+
+/// At most this many threads get a timer of their own (`timers.rs`); more are sampled by the
+/// process-wide timer, and counted.
+pub(crate) const MAX_THREAD_TIMERS: usize = 4096;
+
+/// `sigev_value` of a thread's own timer, as the handler reads it back.
+pub(crate) const THREAD_TAG: usize = 1;
+/// `sigev_value` of the process-wide timer.
+pub(crate) const PROCESS_TAG: usize = 2;
 const FREED: i32 = -1;
 
 impl Target {

@@ -21,16 +21,7 @@ use std::ptr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::signal::Target;
-
-/// At most this many threads get a timer of their own; more are sampled by the process-wide
-/// timer, and counted.
-pub(crate) const MAX_THREAD_TIMERS: usize = 4096;
-
-/// `sigev_value` of a thread's own timer, as the signal handler reads it back.
-pub(crate) const THREAD_TAG: usize = 1;
-/// `sigev_value` of the process-wide timer.
-pub(crate) const PROCESS_TAG: usize = 2;
+use super::signal::{Target, MAX_THREAD_TIMERS, PROCESS_TAG, THREAD_TAG};
 
 /// The highest frequency the process-wide timer alone can deliver on every kernel (the
 /// lowest tick rate Linux is built with): where per-thread timers are not available, higher

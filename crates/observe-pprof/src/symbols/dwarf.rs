@@ -64,6 +64,7 @@ pub(crate) fn frames(
         return None;
     }
     let mut answer = HashMap::with_capacity(targets.len());
+    let mut other_units = OtherUnits::default();
     for (unit_offset, unit_targets) in targets_by_unit(&dwarf, targets) {
         let Ok(header) = dwarf.debug_info.header_from_offset(unit_offset) else {
             continue;
@@ -73,7 +74,7 @@ pub(crate) fn frames(
         };
         let files = FileNames::new(&dwarf, &unit);
         let leaves = leaf_lines(&unit, &files, &unit_targets);
-        let chains = inline_chains(&dwarf, &unit, &files, &unit_targets);
+        let chains = inline_chains(&dwarf, &unit, &files, &unit_targets, &mut other_units);
         for &target in &unit_targets {
             let (file, line) = leaves.get(&target).cloned().unwrap_or((None, 0));
             let chain = chains.get(&target).map(Vec::as_slice).unwrap_or(&[]);
@@ -223,11 +224,12 @@ struct ChainLink {
 /// For each target, the functions whose code covers it, outermost first: the concrete
 /// function, then each call inlined into it down to the innermost. A function that covers no
 /// target is not looked into: its inlined calls cannot cover one either.
-fn inline_chains<'u>(
-    dwarf: &'u gimli::Dwarf<Reader<'u>>,
-    unit: &'u gimli::Unit<Reader<'u>>,
-    files: &FileNames<'u>,
+fn inline_chains<'a, 'u>(
+    dwarf: &'a gimli::Dwarf<Reader<'u>>,
+    unit: &'a gimli::Unit<Reader<'u>>,
+    files: &'a FileNames<'a>,
     targets: &[u64],
+    other_units: &'a mut OtherUnits<'u>,
 ) -> HashMap<u64, Vec<ChainLink>> {
     let mut found = Found {
         dwarf,
@@ -235,6 +237,7 @@ fn inline_chains<'u>(
         files,
         chains: HashMap::new(),
         names: HashMap::new(),
+        other_units,
     };
     if let Ok(mut tree) = unit.entries_tree(None) {
         if let Ok(root) = tree.root() {
@@ -248,9 +251,10 @@ fn inline_chains<'u>(
 struct Found<'a, 'u> {
     dwarf: &'a gimli::Dwarf<Reader<'u>>,
     unit: &'a gimli::Unit<Reader<'u>>,
-    files: &'a FileNames<'u>,
+    files: &'a FileNames<'a>,
     chains: HashMap<u64, Vec<ChainLink>>,
     names: HashMap<UnitOffset, Option<String>>,
+    other_units: &'a mut OtherUnits<'u>,
 }
 
 impl<'u> Found<'_, 'u> {
@@ -305,7 +309,14 @@ impl<'u> Found<'_, 'u> {
         tag: gimli::DwTag,
         covered: &[u64],
     ) {
-        let name = function_name(self.dwarf, self.unit, entry, &mut self.names, 0);
+        let name = function_name(
+            self.dwarf,
+            self.unit,
+            entry,
+            &mut self.names,
+            self.other_units,
+            0,
+        );
         let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
             Some(AttributeValue::FileIndex(i)) | Some(AttributeValue::Udata(i)) => {
                 self.files.get(i)
@@ -336,12 +347,14 @@ impl<'u> Found<'_, 'u> {
 
 /// The name of the function `entry` is, or is an inlined call of: its linkage name (mangled)
 /// if the build kept it, else its short name, following `DW_AT_abstract_origin` and
-/// `DW_AT_specification` within the unit.
-fn function_name(
-    dwarf: &gimli::Dwarf<Reader<'_>>,
-    unit: &gimli::Unit<Reader<'_>>,
-    entry: &gimli::DebuggingInformationEntry<Reader<'_>>,
+/// `DW_AT_specification` within the unit and into others (a function inlined from another
+/// crate, std's included, is described in that crate's unit).
+fn function_name<'u>(
+    dwarf: &gimli::Dwarf<Reader<'u>>,
+    unit: &gimli::Unit<Reader<'u>>,
+    entry: &gimli::DebuggingInformationEntry<Reader<'u>>,
     known: &mut HashMap<UnitOffset, Option<String>>,
+    other_units: &mut OtherUnits<'u>,
     hops: u32,
 ) -> Option<String> {
     let text = |value| {
@@ -360,19 +373,65 @@ fn function_name(
         return short;
     }
     for attr in [gimli::DW_AT_abstract_origin, gimli::DW_AT_specification] {
-        if let Some(AttributeValue::UnitRef(offset)) = entry.attr_value(attr) {
-            if let Some(name) = known.get(&offset) {
-                return name.clone().or(short);
+        match entry.attr_value(attr) {
+            Some(AttributeValue::UnitRef(offset)) => {
+                if let Some(name) = known.get(&offset) {
+                    return name.clone().or(short);
+                }
+                let origin = unit.entry(offset).ok().and_then(|origin| {
+                    function_name(dwarf, unit, &origin, known, other_units, hops + 1)
+                });
+                known.insert(offset, origin.clone());
+                return origin.or(short);
             }
-            let origin = unit
-                .entry(offset)
-                .ok()
-                .and_then(|origin| function_name(dwarf, unit, &origin, known, hops + 1));
-            known.insert(offset, origin.clone());
-            return origin.or(short);
+            Some(AttributeValue::DebugInfoRef(offset)) => {
+                return other_units.name(dwarf, offset, hops + 1).or(short);
+            }
+            _ => {}
         }
     }
     short
+}
+
+/// Names of functions described in other units than the one being read, by offset, and where
+/// each unit starts: read once per profile, as they are asked for.
+#[derive(Default)]
+struct OtherUnits<'u> {
+    headers: Option<Vec<gimli::UnitHeader<Reader<'u>>>>,
+    names: HashMap<gimli::DebugInfoOffset, Option<String>>,
+}
+
+impl<'u> OtherUnits<'u> {
+    fn name(
+        &mut self,
+        dwarf: &gimli::Dwarf<Reader<'u>>,
+        offset: gimli::DebugInfoOffset,
+        hops: u32,
+    ) -> Option<String> {
+        if let Some(name) = self.names.get(&offset) {
+            return name.clone();
+        }
+        let headers = self.headers.get_or_insert_with(|| {
+            let mut all = Vec::new();
+            let mut units = dwarf.units();
+            while let Ok(Some(header)) = units.next() {
+                all.push(header);
+            }
+            all
+        });
+        // The units of `.debug_info`, whose offsets are that section's.
+        let start = |h: &gimli::UnitHeader<Reader<'u>>| h.offset().0;
+        let i = headers.partition_point(|h| start(h) <= offset.0);
+        let header = i.checked_sub(1).map(|i| headers[i]);
+        let name = header.and_then(|header| {
+            let unit = dwarf.unit(header).ok()?;
+            let at = offset.to_unit_offset(&unit.header)?;
+            let entry = unit.entry(at).ok()?;
+            function_name(dwarf, &unit, &entry, &mut HashMap::new(), self, hops)
+        });
+        self.names.insert(offset, name.clone());
+        name
+    }
 }
 
 /// The frames at one address, innermost first: the innermost function's line is the line
