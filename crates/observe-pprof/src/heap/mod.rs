@@ -49,10 +49,11 @@ observe_tower::ProfiledAllocator<std::alloc::System> = \
 observe_tower::ProfiledAllocator::new(std::alloc::System);` (or observe_actix::, over any \
 allocator; see docs/pprof.md)";
 
-/// Whether this process can give heap profiles; `Err` says why not and what to do.
-pub(crate) fn availability() -> Result<(), PprofError> {
+/// The rate this process's heap is sampled at, when it can give heap profiles; `Err` says why
+/// not and what to do.
+pub(crate) fn availability() -> Result<usize, PprofError> {
     match table::rate() {
-        Some(rate) if rate > 0 => Ok(()),
+        Some(rate) if rate > 0 => Ok(rate),
         Some(_) => Err(PprofError::HeapUnavailable(
             "heap sampling is off in this process (OBSERVE_HEAP_SAMPLE_BYTES=0, or \
              ProfiledAllocator::with_sample_bytes(_, 0)): unset it or give a rate in bytes, \
@@ -73,8 +74,7 @@ pub(crate) fn profile(
     params: &HeapParams,
     cancel: &AtomicBool,
 ) -> Result<Vec<u8>, PprofError> {
-    availability()?;
-    let rate = table::rate().unwrap_or(DEFAULT_HEAP_SAMPLE_BYTES);
+    let rate = availability()?;
     let started = SystemTime::now();
     let first = table::snapshot();
     let (values, snapshot, duration) = match params.delta_seconds {
@@ -123,14 +123,11 @@ fn changed(now: &Snapshot, then: &Snapshot) -> Vec<Values> {
 /// Allocations since `then`, and what is allocated now: what a continuous profiler pushes
 /// each window (as Pyroscope's Go client does).
 fn allocated_since(now: &Snapshot, then: &Snapshot) -> Vec<Values> {
-    let none = Counts::default();
-    now.stacks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let [allocs, alloc_bytes, ..] =
-                in_use(&s.counts, then.stacks.get(i).map_or(&none, |t| &t.counts));
-            let [.., inuse, inuse_bytes] = in_use(&s.counts, &none);
+    let since_start = changed(now, &Snapshot::default());
+    changed(now, then)
+        .into_iter()
+        .zip(since_start)
+        .map(|([allocs, alloc_bytes, ..], [.., inuse, inuse_bytes])| {
             [allocs, alloc_bytes, inuse, inuse_bytes]
         })
         .collect()
@@ -156,8 +153,7 @@ pub(crate) fn window_profile(
     started: SystemTime,
     duration: Duration,
 ) -> Option<Vec<u8>> {
-    availability().ok()?;
-    let rate = table::rate()?;
+    let rate = availability().ok()?;
     let now = table::snapshot();
     let values = allocated_since(&now, previous.as_ref().unwrap_or(&Snapshot::default()));
     let raw = encode(
